@@ -1,0 +1,15 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+/// \file
+/// Everything in tandem's public API.
+
+#include <tandem/cancel.hpp>
+#include <tandem/combinators.hpp>
+#include <tandem/error.hpp>
+#include <tandem/file.hpp>
+#include <tandem/process.hpp>
+#include <tandem/runtime.hpp>
+#include <tandem/task.hpp>
+#include <tandem/task_group.hpp>
+#include <tandem/time.hpp>

@@ -1,0 +1,310 @@
+// SPDX-License-Identifier: MIT
+#include "loop.hpp"
+
+#include "ring_setup.hpp"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <system_error>
+
+namespace tandem::detail {
+
+namespace {
+
+// initial-exec: see lib/frame_pool.cpp.
+[[gnu::tls_model("initial-exec")]] thread_local loop* tls_loop = nullptr;
+
+[[noreturn]] void fatal(const char* what, int err) noexcept {
+    std::fprintf(stderr, "tandem: fatal: %s: %s\n", what, std::strerror(err));
+    std::abort();
+}
+
+}  // namespace
+
+loop* this_thread_loop() noexcept {
+    return tls_loop;
+}
+void set_this_thread_loop(loop* l) noexcept {
+    tls_loop = l;
+}
+
+// ---- ready_queue, timer_heap ------------------------------------------------
+
+void ready_queue::grow() {
+    std::vector<std::coroutine_handle<>> bigger(buf_.empty() ? 256 : buf_.size() * 2);
+    std::size_t n = size();
+    for (std::size_t i = 0; i < n; ++i) bigger[i] = buf_[(head_ + i) & (buf_.size() - 1)];
+    buf_.swap(bigger);
+    head_ = 0;
+    tail_ = n;
+}
+
+void timer_heap::push(timer_node* t) {
+    heap_.push_back({t->deadline, t});
+    sift_up(heap_.size() - 1, heap_.back());
+}
+
+void timer_heap::remove(timer_node* t) noexcept {
+    std::size_t i = t->heap_index_;
+    t->heap_index_ = static_cast<std::size_t>(-1);
+    entry last = heap_.back();
+    heap_.pop_back();
+    if (i == heap_.size()) return;  // it was the last one
+    if (i > 0 && last.deadline < heap_[(i - 1) / 2].deadline) {
+        sift_up(i, last);
+    } else {
+        sift_down(i, last);
+    }
+}
+
+void timer_heap::sift_up(std::size_t i, entry e) noexcept {
+    while (i > 0) {
+        std::size_t parent = (i - 1) / 2;
+        if (!(e.deadline < heap_[parent].deadline)) break;
+        place(i, heap_[parent]);
+        i = parent;
+    }
+    place(i, e);
+}
+
+void timer_heap::sift_down(std::size_t i, entry e) noexcept {
+    std::size_t n = heap_.size();
+    for (;;) {
+        std::size_t child = 2 * i + 1;
+        if (child >= n) break;
+        if (child + 1 < n && heap_[child + 1].deadline < heap_[child].deadline) ++child;
+        if (!(heap_[child].deadline < e.deadline)) break;
+        place(i, heap_[child]);
+        i = child;
+    }
+    place(i, e);
+}
+
+// ---- loop -------------------------------------------------------------------
+
+loop::loop(unsigned entries) {
+    ring_setup_result setup = setup_ring(&ring_, entries);
+    features_ = std::move(setup.description);
+    skip_cancel_cqe_ = (setup.features & IORING_FEAT_CQE_SKIP) != 0;
+    // Blocking eventfd on purpose: io_uring arms a poll for it rather than
+    // failing the read with EAGAIN.
+    wake_fd_ = ::eventfd(0, EFD_CLOEXEC);
+    if (wake_fd_ < 0) {
+        int err = errno;
+        io_uring_queue_exit(&ring_);
+        throw std::system_error(err, std::system_category(), "tandem: eventfd");
+    }
+    wake_op_.complete = &on_wake;
+    shutdown_item_.run = &on_shutdown;
+}
+
+loop::~loop() {
+    io_uring_queue_exit(&ring_);
+    ::close(wake_fd_);
+}
+
+io_uring_sqe* loop::get_sqe() {
+    for (;;) {
+        if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
+        // SQ full: submit what is queued. If the kernel pushes back because
+        // completions are piling up (-EBUSY with CQ overflow), reap them into
+        // the ready queue (reaping only queues coroutines) and try again.
+        int r = io_uring_submit(&ring_);
+        if (r >= 0 || r == -EINTR) continue;
+        if (r == -EBUSY || r == -EAGAIN) {
+            flush_overflow();
+            reap();
+            continue;
+        }
+        throw std::system_error(-r, std::system_category(), "tandem: io_uring_submit");
+    }
+}
+
+void loop::cancel_op(const completion* target) {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_cancel64(sqe, reinterpret_cast<std::uint64_t>(target), 0);
+    io_uring_sqe_set_data64(sqe, 0);
+    if (skip_cancel_cqe_) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+}
+
+void loop::post(posted_item* item) noexcept {
+    posted_item* head = inbox_.load(std::memory_order_relaxed);
+    do {
+        item->next_ = head;
+    } while (!inbox_.compare_exchange_weak(head, item, std::memory_order_release,
+                                           std::memory_order_relaxed));
+    if (head == nullptr) {
+        // The inbox was empty: this producer owes the loop a wake-up. A write
+        // while the loop is awake only leaves the counter set; the armed read
+        // then completes at the next wait.
+        std::uint64_t one = 1;
+        while (::write(wake_fd_, &one, sizeof one) < 0 && errno == EINTR) {
+        }
+    }
+}
+
+void loop::timer_arm(timer_node* t) {
+    if (t->armed()) timers_.remove(t);
+    timers_.push(t);
+}
+
+void loop::timer_cancel(timer_node* t) noexcept {
+    if (t->armed()) timers_.remove(t);
+}
+
+void loop::request_shutdown() noexcept {
+    post(&shutdown_item_);
+}
+
+void loop::on_shutdown(posted_item* item) noexcept {
+    // shutdown_item_ is a member: find the loop from the calling thread.
+    (void)item;
+    loop* self = this_thread_loop();
+    self->shutting_down_ = true;
+    self->roots_.request_stop();
+}
+
+void loop::on_wake(completion* c, int res, std::uint32_t) noexcept {
+    (void)c;
+    (void)res;
+    // Completion callbacks must not take SQEs (they may run inside get_sqe):
+    // the loop re-arms the read at the top of its next turn.
+    this_thread_loop()->wake_armed_ = false;
+}
+
+void loop::arm_wake() {
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_read(sqe, wake_fd_, &wake_buf_, sizeof wake_buf_, 0);
+    io_uring_sqe_set_data(sqe, &wake_op_);
+    wake_armed_ = true;
+}
+
+void loop::drain_posted() noexcept {
+    // A plain load first: most turns find the inbox empty, and an exchange
+    // (a locked instruction) costs several times more.
+    if (inbox_.load(std::memory_order_relaxed) == nullptr) return;
+    posted_item* list = inbox_.exchange(nullptr, std::memory_order_acquire);
+    posted_item* fifo = nullptr;  // the stack is LIFO: reverse it
+    while (list != nullptr) {
+        posted_item* next = list->next_;
+        list->next_ = fifo;
+        fifo = list;
+        list = next;
+    }
+    while (fifo != nullptr) {
+        posted_item* next = fifo->next_;
+        fifo->run(fifo);
+        fifo = next;
+    }
+}
+
+void loop::run_ready() noexcept {
+    // Only what was ready when the turn began: tasks that yield or are woken
+    // now run after the next look at the ring, so I/O keeps flowing.
+    for (std::size_t n = ready_.size(); n > 0; --n) ready_.pop().resume();
+}
+
+void loop::fire_timers() noexcept {
+    if (timers_.empty()) return;
+    auto now = std::chrono::steady_clock::now();
+    while (!timers_.empty() && timers_.top_deadline() <= now) {
+        timer_node* t = timers_.top();
+        timers_.remove(t);
+        t->fire(t);
+    }
+}
+
+void loop::flush_overflow() noexcept {
+    if (io_uring_cq_has_overflow(&ring_)) io_uring_get_events(&ring_);
+}
+
+void loop::reap() noexcept {
+    for (;;) {
+        unsigned head;
+        unsigned seen = 0;
+        io_uring_cqe* cqe;
+        io_uring_for_each_cqe(&ring_, head, cqe) {
+            ++seen;
+            auto* c = reinterpret_cast<completion*>(io_uring_cqe_get_data(cqe));
+            if (c != nullptr) c->complete(c, cqe->res, cqe->flags);
+        }
+        io_uring_cq_advance(&ring_, seen);
+        // With IORING_FEAT_NODROP the kernel keeps what did not fit in the CQ;
+        // bring it in so nothing waits for another turn.
+        if (!io_uring_cq_has_overflow(&ring_)) return;
+        io_uring_get_events(&ring_);
+    }
+}
+
+void loop::wait_and_reap() {
+    bool idle = ready_.empty() && inbox_.load(std::memory_order_relaxed) == nullptr;
+    int r;
+    if (!idle) {
+        r = io_uring_submit(&ring_);  // enters with GETEVENTS when work is pending
+    } else if (timers_.empty()) {
+        r = io_uring_submit_and_wait(&ring_, 1);
+    } else {
+        auto left = timers_.top_deadline() - std::chrono::steady_clock::now();
+        auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
+        if (ns < 0) ns = 0;
+        __kernel_timespec ts{};
+        ts.tv_sec = ns / 1'000'000'000;
+        ts.tv_nsec = ns % 1'000'000'000;
+        io_uring_cqe* cqe = nullptr;
+        r = io_uring_submit_and_wait_timeout(&ring_, &cqe, 1, &ts, nullptr);
+    }
+    if (r < 0 && r != -ETIME && r != -EINTR && r != -EBUSY && r != -EAGAIN) {
+        fatal("io_uring_enter", -r);
+    }
+    reap();
+}
+
+void loop::run() {
+    set_this_thread_loop(this);
+    for (;;) {
+        drain_posted();
+        run_ready();
+        fire_timers();
+        if (shutting_down_ && live_roots_ == 0 && ready_.empty()) break;
+        if (!wake_armed_) arm_wake();
+        wait_and_reap();
+    }
+    set_this_thread_loop(nullptr);
+}
+
+// ---- the detail API used by public templates ---------------------------------
+
+loop* current_loop() noexcept {
+    return tls_loop;
+}
+
+loop& require_loop(const char* what) noexcept {
+    if (tls_loop == nullptr) {
+        std::fprintf(stderr, "tandem: %s must be called from a task on an io thread\n", what);
+        std::abort();
+    }
+    return *tls_loop;
+}
+
+void schedule(std::coroutine_handle<> h) noexcept {
+    require_loop("schedule").schedule(h);
+}
+
+void post(loop& target, posted_item* item) noexcept {
+    target.post(item);
+}
+
+void timer_arm(timer_node* t) {
+    require_loop("a timer").timer_arm(t);
+}
+
+void timer_cancel(timer_node* t) noexcept {
+    if (t->armed()) require_loop("a timer").timer_cancel(t);
+}
+
+}  // namespace tandem::detail

@@ -1,0 +1,160 @@
+// SPDX-License-Identifier: MIT
+#include <tandem/combinators.hpp>
+#include <tandem/runtime.hpp>
+
+#include "loop.hpp"
+
+#include <atomic>
+#include <cstdio>
+#include <future>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace tandem {
+
+namespace detail {
+
+root_task::promise_type::~promise_type() {
+    if (start_.target != nullptr) start_.target->root_finished();
+}
+
+namespace {
+
+void run_root_start(posted_item* item) noexcept {
+    auto* s = static_cast<root_start*>(item);
+    s->node->attach(&s->target->roots());  // a loop shutting down stops it at once
+    s->target->root_started();
+    s->target->schedule(s->handle);
+}
+
+root_task spawn_root(task<> t) {
+    try {
+        co_await std::move(t);
+    } catch (const operation_cancelled&) {
+        // cancellation is an outcome, not a failure
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "tandem: a spawned task failed: %s\n", e.what());
+    } catch (...) {
+        std::fprintf(stderr, "tandem: a spawned task failed with a non-std exception\n");
+    }
+}
+
+[[gnu::tls_model("initial-exec")]] thread_local runtime* tls_runtime = nullptr;
+
+}  // namespace
+
+void start_root(loop& target, root_task root) noexcept {
+    auto& p = root.handle().promise();
+    p.start_.run = &run_root_start;
+    p.start_.handle = root.handle();
+    p.start_.node = &p.node_;
+    p.start_.target = &target;
+    if (this_thread_loop() == &target) {
+        run_root_start(&p.start_);
+    } else {
+        target.post(&p.start_);
+    }
+}
+
+}  // namespace detail
+
+struct runtime::impl {
+    std::vector<std::thread> threads;
+    std::vector<detail::loop*> loops;
+    std::atomic<unsigned> next{0};
+    std::string features;
+};
+
+runtime::runtime(runtime_options options) : impl_(std::make_unique<impl>()) {
+    if (options.io_threads == 0) options.io_threads = 1;
+    std::vector<std::future<detail::loop*>> ready;
+    for (unsigned i = 0; i < options.io_threads; ++i) {
+        std::promise<detail::loop*> made;
+        ready.push_back(made.get_future());
+        impl_->threads.emplace_back(
+            [this, entries = options.ring_entries, made = std::move(made)]() mutable {
+                // The ring is created on its own thread: SINGLE_ISSUER binds it there.
+                std::unique_ptr<detail::loop> l;
+                try {
+                    l = std::make_unique<detail::loop>(entries);
+                } catch (...) {
+                    made.set_exception(std::current_exception());
+                    return;
+                }
+                detail::tls_runtime = this;
+                made.set_value(l.get());
+                l->run();
+                detail::tls_runtime = nullptr;
+                // The runtime deletes the loop after joining: a thread that posted to
+                // it (request_shutdown) may still be inside loop::post, about to
+                // write its eventfd, when run() returns here.
+                (void)l.release();
+            });
+    }
+    std::exception_ptr failure;
+    for (auto& f : ready) {
+        try {
+            impl_->loops.push_back(f.get());
+        } catch (...) {
+            if (!failure) failure = std::current_exception();
+        }
+    }
+    if (failure) {
+        for (detail::loop* l : impl_->loops) l->request_shutdown();
+        for (auto& t : impl_->threads) t.join();
+        for (detail::loop* l : impl_->loops) delete l;
+        std::rethrow_exception(failure);
+    }
+    impl_->features = impl_->loops.front()->features();
+}
+
+runtime::~runtime() {
+    if (detail::this_thread_loop() != nullptr && detail::tls_runtime == this) {
+        detail::contract_violation("a runtime destroyed from one of its own io threads");
+    }
+    for (detail::loop* l : impl_->loops) l->request_shutdown();
+    for (auto& t : impl_->threads) t.join();
+    for (detail::loop* l : impl_->loops) delete l;
+}
+
+void runtime::spawn(task<> t) {
+    detail::start_root(pick_loop_for_spawn(), detail::spawn_root(std::move(t)));
+}
+
+unsigned runtime::io_threads() const noexcept {
+    return static_cast<unsigned>(impl_->loops.size());
+}
+
+runtime* runtime::current() noexcept {
+    return detail::tls_runtime;
+}
+
+const char* runtime::ring_features() const noexcept {
+    return impl_->features.c_str();
+}
+
+detail::loop& runtime::pick_loop_for_block_on() {
+    if (detail::this_thread_loop() != nullptr) {
+        detail::contract_violation(
+            "runtime::block_on called from an io thread (it would deadlock); co_await the task");
+    }
+    unsigned i = impl_->next.fetch_add(1, std::memory_order_relaxed);
+    return *impl_->loops[i % impl_->loops.size()];
+}
+
+detail::loop& runtime::pick_loop_for_spawn() {
+    if (detail::tls_runtime == this) return *detail::this_thread_loop();
+    unsigned i = impl_->next.fetch_add(1, std::memory_order_relaxed);
+    return *impl_->loops[i % impl_->loops.size()];
+}
+
+detail::loop* detail_loop_of(runtime& rt, unsigned index) noexcept {
+    return index < rt.impl_->loops.size() ? rt.impl_->loops[index] : nullptr;
+}
+
+task<> yield() {
+    co_await detail::yield_awaiter{};
+}
+
+}  // namespace tandem

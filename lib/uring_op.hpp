@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+
+// One io_uring operation awaited by a coroutine (private header).
+//
+// The awaitable lives in the awaiting coroutine's frame: the SQE's user_data
+// points at it, so there is no allocation per operation. It resumes exactly
+// once: with the kernel's result, or with operation_cancelled when the task was
+// cancelled before submission or the kernel confirmed the cancellation
+// (-ECANCELED / -EINTR after our IORING_OP_ASYNC_CANCEL). Either way it waits
+// for the CQE, so buffers and the frame outlive the kernel's use of them.
+//
+// await_resume returns the raw result (>= 0, or -errno): callers convert
+// errors to std::system_error at their edge.
+
+#include <tandem/error.hpp>
+#include <tandem/task.hpp>
+
+#include "loop.hpp"
+
+#include <cerrno>
+#include <system_error>
+
+namespace tandem::detail {
+
+template <class Prep>
+class uring_op : completion, cancel_hook {
+public:
+    explicit uring_op(Prep prep) noexcept(std::is_nothrow_move_constructible_v<Prep>)
+        : prep_(std::move(prep)) {}
+
+    bool await_ready() const noexcept { return false; }
+
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) {
+        stop_node* node = stop_of(h);
+        if (node != nullptr && node->stop_requested()) {
+            cancelled_early_ = true;
+            return false;
+        }
+        loop_ = &require_loop("an io operation");
+        io_uring_sqe* sqe = loop_->get_sqe();
+        prep_(sqe);
+        io_uring_sqe_set_data(sqe, static_cast<completion*>(this));
+        complete = &on_complete;
+        handle_ = h;
+        if (node != nullptr) {
+            on_cancel = &on_cancelled;
+            node->link(this);
+        }
+        return true;
+    }
+
+    int await_resume() const {
+        if (cancelled_early_) throw operation_cancelled();
+        if (cancel_sent_ && (res_ == -ECANCELED || res_ == -EINTR)) throw operation_cancelled();
+        return res_;
+    }
+
+private:
+    static void on_complete(completion* c, int res, std::uint32_t) noexcept {
+        auto* self = static_cast<uring_op*>(c);
+        self->res_ = res;
+        self->cancel_hook::unlink();
+        self->loop_->schedule(self->handle_);
+    }
+
+    static void on_cancelled(cancel_hook* c) noexcept {
+        auto* self = static_cast<uring_op*>(c);
+        self->cancel_sent_ = true;
+        try {
+            self->loop_->cancel_op(self);
+        } catch (...) {
+            // No SQE could be had (a broken ring): the operation still
+            // completes on its own; it is just not cut short.
+        }
+    }
+
+    Prep prep_;
+    loop* loop_ = nullptr;
+    std::coroutine_handle<> handle_;
+    int res_ = 0;
+    bool cancelled_early_ = false;
+    bool cancel_sent_ = false;
+};
+
+/// Throws std::system_error for a negative result, else returns it.
+inline int check(int res, const char* what) {
+    if (res < 0) throw std::system_error(-res, std::system_category(), what);
+    return res;
+}
+
+}  // namespace tandem::detail
