@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: MIT
 #include <tandem/combinators.hpp>
+#include <tandem/detail/thread_pool.hpp>
 #include <tandem/runtime.hpp>
 
 #include "loop.hpp"
@@ -60,13 +61,17 @@ void start_root(loop& target, root_task root) noexcept {
 }  // namespace detail
 
 struct runtime::impl {
+    explicit impl(unsigned blocking_threads) : blocking(blocking_threads) {}
+
     std::vector<std::thread> threads;
     std::vector<detail::loop*> loops;
     std::atomic<unsigned> next{0};
     std::string features;
+    detail::thread_pool blocking;  // offload_to_thread
 };
 
-runtime::runtime(runtime_options options) : impl_(std::make_unique<impl>()) {
+runtime::runtime(runtime_options options)
+    : impl_(std::make_unique<impl>(options.blocking_threads)) {
     if (options.io_threads == 0) options.io_threads = 1;
     std::vector<std::future<detail::loop*>> ready;
     for (unsigned i = 0; i < options.io_threads; ++i) {
@@ -115,6 +120,14 @@ runtime::~runtime() {
     }
     for (detail::loop* l : impl_->loops) l->request_shutdown();
     for (auto& t : impl_->threads) t.join();
+    // The blocking pool stops after the loops and before they are deleted.
+    // After: a loop finishes only when its roots have, and shutdown has
+    // cancelled every queued job and waited for every running one, so the
+    // queue is empty and no io thread is left to queue more. Before deleting
+    // the loops: a pool thread that posted a result may still be inside
+    // loop::post, writing the loop's eventfd, after the loop consumed the item
+    // and exited; joining the pool threads waits for that last touch.
+    impl_->blocking.stop();
     for (detail::loop* l : impl_->loops) delete l;
 }
 
@@ -147,6 +160,15 @@ detail::loop& runtime::pick_loop_for_spawn() {
     if (detail::tls_runtime == this) return *detail::this_thread_loop();
     unsigned i = impl_->next.fetch_add(1, std::memory_order_relaxed);
     return *impl_->loops[i % impl_->loops.size()];
+}
+
+detail::thread_pool& detail::current_thread_pool() noexcept {
+    runtime* rt = runtime::current();
+    if (rt == nullptr) {
+        detail::contract_violation(
+            "offload_to_thread must be awaited from a task on one of a runtime's io threads");
+    }
+    return rt->impl_->blocking;
 }
 
 detail::loop* detail_loop_of(runtime& rt, unsigned index) noexcept {

@@ -62,4 +62,12 @@ public:
     using error::error;
 };
 
+/// Bytes read back from shared memory are not a valid encoding (`tandem::decoder`): they run
+/// out early, or a length prefix, tag or index is out of range. What a crashed or scribbling
+/// worker leaves behind arrives as this error, never as a crash or an out-of-bounds read.
+class decode_error : public error {
+public:
+    using error::error;
+};
+
 }  // namespace tandem

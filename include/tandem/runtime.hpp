@@ -21,9 +21,13 @@ struct runtime_options {
     unsigned io_threads = 1;       ///< event loops, one thread and one io_uring each
     unsigned ring_entries = 1024;  ///< submission queue size of each ring
     process_pool_options processes{};
+    unsigned blocking_threads = 0;  ///< offload_to_thread's pool; 0: max(2, cores)
 };
 
 namespace detail {
+
+class thread_pool;                            // detail/thread_pool.hpp
+thread_pool& current_thread_pool() noexcept;  // offload_to_thread's pool
 
 /// How a root reaches its loop: posted from any thread, run on the loop.
 struct root_start : posted_item {
@@ -149,6 +153,7 @@ public:
 
 private:
     friend detail::loop* detail_loop_of(runtime&, unsigned) noexcept;
+    friend detail::thread_pool& detail::current_thread_pool() noexcept;
     detail::loop& pick_loop_for_block_on();
     detail::loop& pick_loop_for_spawn();
 

@@ -5,6 +5,7 @@
 /// Everything in tandem's public API.
 
 #include <tandem/cancel.hpp>
+#include <tandem/codec.hpp>
 #include <tandem/combinators.hpp>
 #include <tandem/error.hpp>
 #include <tandem/file.hpp>
@@ -12,4 +13,5 @@
 #include <tandem/runtime.hpp>
 #include <tandem/task.hpp>
 #include <tandem/task_group.hpp>
+#include <tandem/thread.hpp>
 #include <tandem/time.hpp>
