@@ -64,7 +64,7 @@ task<> sleep_until(std::chrono::steady_clock::time_point deadline) {
 }
 
 task<> sleep_for(std::chrono::nanoseconds d) {
-    co_await sleep_awaiter(std::chrono::steady_clock::now() + d);
+    co_await sleep_awaiter(detail::deadline_after(d));
 }
 
 }  // namespace tandem

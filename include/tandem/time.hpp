@@ -26,6 +26,16 @@ task<> sleep_until(std::chrono::steady_clock::time_point deadline);
 
 namespace detail {
 
+/// now + d, saturated: `sleep_for(nanoseconds::max())` means "forever", not
+/// a signed overflow into the past.
+inline std::chrono::steady_clock::time_point deadline_after(std::chrono::nanoseconds d) noexcept {
+    auto now = std::chrono::steady_clock::now();
+    if (d > std::chrono::steady_clock::time_point::max() - now) {
+        return std::chrono::steady_clock::time_point::max();
+    }
+    return now + d;
+}
+
 /// Requests stop on a node when its deadline passes. Loop thread only; the
 /// timer is disarmed when the object dies.
 class deadline_stop {
@@ -66,7 +76,7 @@ template <class T>
 task<T> timeout(std::chrono::nanoseconds d, task<T> inner) {
     detail::stop_node* parent = co_await detail::get_stop_node{};
     detail::stop_node node(parent);
-    detail::deadline_stop deadline(&node, std::chrono::steady_clock::now() + d);
+    detail::deadline_stop deadline(&node, detail::deadline_after(d));
     try {
         co_return co_await detail::bind_stop(std::move(inner), &node);
     } catch (const operation_cancelled&) {
