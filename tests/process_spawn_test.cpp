@@ -28,6 +28,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <initializer_list>
 #include <new>
 #include <set>
 #include <sstream>
@@ -177,6 +178,22 @@ tandem::detail::exit_info reap_and_close(int pidfd) {
     return info;
 }
 
+/// Spawns worker `index` and waits (up to 10 s) until it has reported.
+tandem::detail::spawn_result spawn_reported(zygote& z, test_arena& shared, int index) {
+    auto worker = z.spawn(index);
+    REQUIRE(reported_within(shared.ctl->reports[index], 10s));
+    return worker;
+}
+
+/// SIGKILLs each worker, waits (up to 5 s) for it to end and reaps it.
+void kill_and_reap(std::initializer_list<tandem::detail::spawn_result> workers) {
+    for (const auto& w : workers) {
+        ::kill(w.pid, SIGKILL);
+        REQUIRE(readable_within(w.pidfd, 5s));
+        reap_and_close(w.pidfd);
+    }
+}
+
 // ---- the hidden "parent" child, run through fork + exec ----------------------
 
 bool started_as_child() {
@@ -266,10 +283,8 @@ TEST_CASE("a moved arena keeps its mapping and the source gives it up", "[arena]
 TEST_CASE("zygote workers are children of this process with only their own fds", "[zygote]") {
     test_arena shared;
     zygote z(test_worker_main, shared.ctl);
-    auto first = z.spawn(0);
-    auto second = z.spawn(1);
-    REQUIRE(reported_within(shared.ctl->reports[0], 10s));
-    REQUIRE(reported_within(shared.ctl->reports[1], 10s));
+    auto first = spawn_reported(z, shared, 0);
+    auto second = spawn_reported(z, shared, 1);
 
     for (const auto& report : {shared.ctl->reports[0], shared.ctl->reports[1]}) {
         CHECK(report.ppid == ::getpid());  // CLONE_PARENT
@@ -283,21 +298,14 @@ TEST_CASE("zygote workers are children of this process with only their own fds",
     std::getline(comm, name);
     CHECK(name == "tandem-zygote");
 
-    ::kill(first.pid, SIGKILL);
-    ::kill(second.pid, SIGKILL);
-    REQUIRE(readable_within(first.pidfd, 5s));
-    REQUIRE(readable_within(second.pidfd, 5s));
-    reap_and_close(first.pidfd);
-    reap_and_close(second.pidfd);
+    kill_and_reap({first, second});
 }
 
 TEST_CASE("a killed worker is reported by signal and replaced", "[zygote]") {
     test_arena shared;
     zygote z(test_worker_main, shared.ctl);
-    auto victim = z.spawn(0);
-    auto other = z.spawn(1);
-    REQUIRE(reported_within(shared.ctl->reports[0], 10s));
-    REQUIRE(reported_within(shared.ctl->reports[1], 10s));
+    auto victim = spawn_reported(z, shared, 0);
+    auto other = spawn_reported(z, shared, 1);
 
     REQUIRE(::kill(victim.pid, SIGKILL) == 0);
     REQUIRE(readable_within(victim.pidfd, 5s));
@@ -308,16 +316,10 @@ TEST_CASE("a killed worker is reported by signal and replaced", "[zygote]") {
     CHECK_FALSE(readable_within(other.pidfd, 0ms));  // its neighbour is untouched
 
     shared.ctl->reports[0] = worker_report{};
-    auto replacement = z.spawn(0);
-    REQUIRE(reported_within(shared.ctl->reports[0], 10s));
+    auto replacement = spawn_reported(z, shared, 0);
     CHECK(shared.ctl->reports[0].ppid == ::getpid());
     CHECK(replacement.pid != victim.pid);
-
-    for (auto w : {replacement, other}) {
-        ::kill(w.pid, SIGKILL);
-        REQUIRE(readable_within(w.pidfd, 5s));
-        reap_and_close(w.pidfd);
-    }
+    kill_and_reap({replacement, other});
 }
 
 TEST_CASE("a worker's exit status and fatal signal are described", "[zygote]") {
@@ -421,8 +423,7 @@ TEST_CASE("destroying the zygote ends it and its workers and leaks no fd", "[zyg
 TEST_CASE("SIGINT leaves the zygote and its workers running", "[zygote]") {
     test_arena shared;
     zygote z(test_worker_main, shared.ctl);
-    auto worker = z.spawn(0);
-    REQUIRE(reported_within(shared.ctl->reports[0], 10s));
+    auto worker = spawn_reported(z, shared, 0);
     const int zygote_pidfd = static_cast<int>(::syscall(SYS_pidfd_open, z.pid(), 0U));
     REQUIRE(zygote_pidfd >= 0);
 
@@ -435,14 +436,8 @@ TEST_CASE("SIGINT leaves the zygote and its workers running", "[zygote]") {
     CHECK_FALSE(readable_within(zygote_pidfd, 200ms));
     CHECK_FALSE(readable_within(worker.pidfd, 0ms));
     // The zygote still answers.
-    auto second = z.spawn(1);
-    REQUIRE(reported_within(shared.ctl->reports[1], 10s));
-
-    for (auto w : {worker, second}) {
-        ::kill(w.pid, SIGKILL);
-        REQUIRE(readable_within(w.pidfd, 5s));
-        reap_and_close(w.pidfd);
-    }
+    auto second = spawn_reported(z, shared, 1);
+    kill_and_reap({worker, second});
     ::close(zygote_pidfd);
 }
 
