@@ -60,6 +60,13 @@ struct spawn_result {
 /// SIGINT, which is ignored (the parent decides), an empty signal mask, and only
 /// fds 0, 1, 2 and parent_died_fd() open; it runs worker_main(arg, index) and
 /// `_exit(0)`s when that returns.
+///
+/// Known hazard (to settle before user jobs run here): a worker made by a raw
+/// clone3 keeps glibc's cached thread id of the zygote's thread (glibc's own
+/// fork() refreshes it, and the robust-mutex list). raise()/abort() ask the
+/// kernel and are fine; robust or PI mutexes in shared memory, and anything
+/// else that trusts the cached tid, are not. The alternative is glibc fork() in
+/// the zygote with exit statuses reported by the zygote over the socket.
 class zygote {
 public:
     using worker_main_fn = void (*)(void* arg, int worker_index);
