@@ -87,13 +87,19 @@ void timer_heap::sift_down(std::size_t i, entry e) noexcept {
 
 // ---- loop -------------------------------------------------------------------
 
-loop::loop(unsigned entries) {
-    ring_setup_result setup = setup_ring(&ring_, entries);
+loop::loop(unsigned entries, int wake_fd) {
+    ring_setup_result setup;
+    try {
+        setup = setup_ring(&ring_, entries);
+    } catch (...) {
+        if (wake_fd >= 0) ::close(wake_fd);
+        throw;
+    }
     features_ = std::move(setup.description);
     skip_cancel_cqe_ = (setup.features & IORING_FEAT_CQE_SKIP) != 0;
     // Blocking eventfd on purpose: io_uring arms a poll for it rather than
     // failing the read with EAGAIN.
-    wake_fd_ = ::eventfd(0, EFD_CLOEXEC);
+    wake_fd_ = wake_fd >= 0 ? wake_fd : ::eventfd(0, EFD_CLOEXEC);
     if (wake_fd_ < 0) {
         int err = errno;
         io_uring_queue_exit(&ring_);
@@ -243,6 +249,7 @@ void loop::reap() noexcept {
 
 void loop::wait_and_reap() {
     bool idle = ready_.empty() && inbox_.load(std::memory_order_relaxed) == nullptr;
+    if (idle && poller_ != nullptr && poller_->before_sleep(*this)) idle = false;
     int r;
     if (!idle) {
         r = io_uring_submit(&ring_);  // enters with GETEVENTS when work is pending
@@ -268,6 +275,7 @@ void loop::run() {
     set_this_thread_loop(this);
     for (;;) {
         drain_posted();
+        if (poller_ != nullptr) poller_->poll(*this);
         run_ready();
         fire_timers();
         if (shutting_down_ && live_roots_ == 0 && ready_.empty()) break;

@@ -80,11 +80,31 @@ private:
     std::vector<entry> heap_;
 };
 
+class loop;
+
+/// Work the loop checks between its other work and before it sleeps: the
+/// process pool's completions, which arrive through shared memory rather than
+/// the ring. Called on the loop's thread only.
+class loop_poller {
+public:
+    /// Takes whatever is ready for `l`; schedules coroutines, never resumes them.
+    virtual void poll(loop& l) noexcept = 0;
+    /// `l` has nothing ready and is about to sleep in io_uring. May spin
+    /// briefly; true if it found work (the loop then does not sleep). When it
+    /// returns false it has arranged to be woken through the loop's eventfd.
+    virtual bool before_sleep(loop& l) noexcept = 0;
+
+protected:
+    ~loop_poller() = default;
+};
+
 class loop {
 public:
     /// Creates the ring on the calling thread (SINGLE_ISSUER binds it there).
-    /// Throws std::system_error with an explanatory message on failure.
-    explicit loop(unsigned entries);
+    /// `wake_fd`, if not -1, is an eventfd made beforehand (the process pool
+    /// hands it to its workers); the loop owns it from here on, even if this
+    /// throws. Throws std::system_error with an explanatory message on failure.
+    explicit loop(unsigned entries, int wake_fd = -1);
     ~loop();
     loop(const loop&) = delete;
     loop& operator=(const loop&) = delete;
@@ -112,6 +132,20 @@ public:
 
     /// Thread-safe: cancel every root, finish once they are all done.
     void request_shutdown() noexcept;
+
+    /// Sets the poller (before run(); null for none) and this loop's index
+    /// among the runtime's loops.
+    void attach_poller(loop_poller* p, unsigned index) noexcept {
+        poller_ = p;
+        index_ = index;
+    }
+    unsigned index() const noexcept { return index_; }
+    /// For a poller's spin: completions in the CQ or items in the inbox.
+    bool has_other_work() noexcept {
+        return io_uring_cq_ready(&ring_) != 0 || inbox_.load(std::memory_order_relaxed) != nullptr;
+    }
+    /// Submits queued SQEs without waiting (before a poller spins).
+    void submit_pending() noexcept { io_uring_submit(&ring_); }
 
     /// Flags the ring was set up with, as text.
     const std::string& features() const noexcept { return features_; }
@@ -146,6 +180,8 @@ private:
     bool wake_armed_ = false;
     bool skip_cancel_cqe_ = false;
     posted_item shutdown_item_{};
+    loop_poller* poller_ = nullptr;
+    unsigned index_ = 0;
 };
 
 /// The loop of the calling thread (null off io threads); set by run().

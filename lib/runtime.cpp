@@ -4,11 +4,17 @@
 #include <tandem/runtime.hpp>
 
 #include "loop.hpp"
+#include "process/pool.hpp"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdio>
 #include <future>
+#include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -68,34 +74,67 @@ struct runtime::impl {
     std::atomic<unsigned> next{0};
     std::string features;
     detail::thread_pool blocking;  // offload_to_thread
+    std::unique_ptr<detail::process_pool_impl> pool;
+    process_pool pool_handle{nullptr};
 };
+
+namespace {
+
+/// The loops' eventfds, made before the pool so its workers can signal them.
+std::vector<int> make_wake_fds(unsigned n) {
+    std::vector<int> fds;
+    for (unsigned i = 0; i < n; ++i) {
+        const int fd = ::eventfd(0, EFD_CLOEXEC);
+        if (fd < 0) {
+            const int err = errno;
+            for (int f : fds) ::close(f);
+            throw std::system_error(err, std::system_category(), "tandem: eventfd");
+        }
+        fds.push_back(fd);
+    }
+    return fds;
+}
+
+}  // namespace
 
 runtime::runtime(runtime_options options)
     : impl_(std::make_unique<impl>(options.blocking_threads)) {
     if (options.io_threads == 0) options.io_threads = 1;
+    std::vector<int> wake_fds = make_wake_fds(options.io_threads);
+    if (options.processes.enabled) {
+        // Before any io thread: the zygote forks a process with one thread.
+        try {
+            impl_->pool = std::make_unique<detail::process_pool_impl>(options.processes, wake_fds);
+        } catch (...) {
+            for (int fd : wake_fds) ::close(fd);
+            throw;
+        }
+        impl_->pool_handle = process_pool(impl_->pool.get());
+    }
     std::vector<std::future<detail::loop*>> ready;
     for (unsigned i = 0; i < options.io_threads; ++i) {
         std::promise<detail::loop*> made;
         ready.push_back(made.get_future());
-        impl_->threads.emplace_back(
-            [this, entries = options.ring_entries, made = std::move(made)]() mutable {
-                // The ring is created on its own thread: SINGLE_ISSUER binds it there.
-                std::unique_ptr<detail::loop> l;
-                try {
-                    l = std::make_unique<detail::loop>(entries);
-                } catch (...) {
-                    made.set_exception(std::current_exception());
-                    return;
-                }
-                detail::tls_runtime = this;
-                made.set_value(l.get());
-                l->run();
-                detail::tls_runtime = nullptr;
-                // The runtime deletes the loop after joining: a thread that posted to
-                // it (request_shutdown) may still be inside loop::post, about to
-                // write its eventfd, when run() returns here.
-                (void)l.release();
-            });
+        impl_->threads.emplace_back([this, i, entries = options.ring_entries, fd = wake_fds[i],
+                                     made = std::move(made)]() mutable {
+            // The ring is created on its own thread: SINGLE_ISSUER binds it there.
+            std::unique_ptr<detail::loop> l;
+            try {
+                l = std::make_unique<detail::loop>(entries, fd);
+            } catch (...) {
+                made.set_exception(std::current_exception());
+                return;
+            }
+            l->attach_poller(impl_->pool.get(), i);
+            detail::tls_runtime = this;
+            made.set_value(l.get());
+            l->run();
+            detail::tls_runtime = nullptr;
+            // The runtime deletes the loop after joining: a thread that posted to
+            // it (request_shutdown) may still be inside loop::post, about to
+            // write its eventfd, when run() returns here.
+            (void)l.release();
+        });
     }
     std::exception_ptr failure;
     for (auto& f : ready) {
@@ -109,15 +148,20 @@ runtime::runtime(runtime_options options)
         for (detail::loop* l : impl_->loops) l->request_shutdown();
         for (auto& t : impl_->threads) t.join();
         for (detail::loop* l : impl_->loops) delete l;
+        impl_->pool.reset();
         std::rethrow_exception(failure);
     }
     impl_->features = impl_->loops.front()->features();
+    if (impl_->pool) impl_->pool->start(impl_->loops);
 }
 
 runtime::~runtime() {
     if (detail::this_thread_loop() != nullptr && detail::tls_runtime == this) {
         detail::contract_violation("a runtime destroyed from one of its own io threads");
     }
+    // The process pool stops replacing workers, and a job cancelled by the
+    // shutdown leaves at once instead of waiting for its worker's death.
+    if (impl_->pool) impl_->pool->begin_shutdown();
     for (detail::loop* l : impl_->loops) l->request_shutdown();
     for (auto& t : impl_->threads) t.join();
     // The blocking pool stops after the loops and before they are deleted.
@@ -129,6 +173,7 @@ runtime::~runtime() {
     // and exited; joining the pool threads waits for that last touch.
     impl_->blocking.stop();
     for (detail::loop* l : impl_->loops) delete l;
+    impl_->pool.reset();  // after the loops: nothing polls it any more
 }
 
 void runtime::spawn(task<> t) {
@@ -169,6 +214,30 @@ detail::thread_pool& detail::current_thread_pool() noexcept {
             "offload_to_thread must be awaited from a task on one of a runtime's io threads");
     }
     return rt->impl_->blocking;
+}
+
+process_pool& runtime::processes() noexcept {
+    return impl_->pool_handle;
+}
+
+process_pool_stats process_pool::stats() const {
+    if (impl_ == nullptr) return {};
+    return impl_->stats();
+}
+
+detail::process_pool_impl& detail::current_pool(const char* what) {
+    runtime* rt = runtime::current();
+    if (rt == nullptr) {
+        std::fprintf(stderr, "tandem: %s must be called from a task on a runtime's io thread\n",
+                     what);
+        std::abort();
+    }
+    if (!rt->impl_->pool) {
+        throw std::logic_error(std::string("tandem: ") + what +
+                               ": this runtime's process pool is disabled "
+                               "(runtime_options::processes.enabled = false)");
+    }
+    return *rt->impl_->pool;
 }
 
 detail::loop* detail_loop_of(runtime& rt, unsigned index) noexcept {

@@ -462,7 +462,9 @@ TEST_CASE("destroying the runtime waits for running calls, drops queued ones, le
     shutdown_counts c;
     std::thread releaser;
     {
-        tandem::runtime rt(tandem::runtime_options{.io_threads = 2, .blocking_threads = 2});
+        // No process pool: its short-lived pre-fault thread would blur the count.
+        tandem::runtime rt(tandem::runtime_options{
+            .io_threads = 2, .processes = {.enabled = false}, .blocking_threads = 2});
         // One held root per loop: their calls take the two pool threads, so
         // the later calls (on both loops) stay queued.
         rt.spawn(running_root(&g, &c));

@@ -28,6 +28,8 @@ namespace detail {
 
 class thread_pool;                            // detail/thread_pool.hpp
 thread_pool& current_thread_pool() noexcept;  // offload_to_thread's pool
+class process_pool_impl;                      // lib/process/pool.hpp
+process_pool_impl& current_pool(const char* what);
 
 /// How a root reaches its loop: posted from any thread, run on the loop.
 struct root_start : posted_item {
@@ -110,15 +112,21 @@ root_task blocking_root(task<T> t, blocking_result<T>* out) {
 
 }  // namespace detail
 
-/// Owns the io threads and their loops (and, later, the process pool).
+/// Owns the io threads and their loops, and the process pool.
 ///
-/// - Construction starts `io_threads` threads, each with its own io_uring
-///   (SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN where the kernel has them).
-///   If io_uring cannot be set up it throws `std::system_error` naming the
-///   errno, the likely cause and the fix.
+/// - Construction first makes the process pool (unless
+///   `processes.enabled` is false): the shared arena, the zygote and the
+///   workers, before any thread starts, so that they inherit nothing of the
+///   io threads. Then it starts `io_threads` threads, each with its own
+///   io_uring (SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN where the kernel
+///   has them). If io_uring cannot be set up it throws `std::system_error`
+///   naming the errno, the likely cause and the fix; a pool that cannot be
+///   made throws `std::system_error` (or `std::invalid_argument` for options
+///   that cannot work).
 /// - Destruction cancels every task still running, waits for each to finish
-///   (and for every kernel completion they wait on), then joins the threads.
-///   Tasks that ignore cancellation (compute forever) make it wait forever.
+///   (and for every kernel completion they wait on), then joins the threads,
+///   then kills and reaps the workers and the zygote. Tasks that ignore
+///   cancellation (compute forever) make it wait forever.
 class runtime {
 public:
     explicit runtime(runtime_options options = {});
@@ -151,9 +159,15 @@ public:
     /// Which flags the rings were set up with, for diagnostics ("SINGLE_ISSUER|...").
     const char* ring_features() const noexcept;
 
+    /// The process pool behind offload_to_process (`enabled()` is false when
+    /// the runtime was made with `processes.enabled = false`). Lives as long
+    /// as the runtime.
+    process_pool& processes() noexcept;
+
 private:
     friend detail::loop* detail_loop_of(runtime&, unsigned) noexcept;
     friend detail::thread_pool& detail::current_thread_pool() noexcept;
+    friend detail::process_pool_impl& detail::current_pool(const char*);
     detail::loop& pick_loop_for_block_on();
     detail::loop& pick_loop_for_spawn();
 

@@ -6,6 +6,7 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdint>
 #include <limits>
@@ -35,7 +36,7 @@ std::size_t physical_memory() {
 
 }  // namespace
 
-shared_arena shared_arena::create(std::size_t bytes) {
+shared_arena shared_arena::create(std::size_t bytes, std::size_t populate_bytes) {
     if (bytes == 0) fail(EINVAL, "size must not be zero", bytes);
     const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
     if (bytes > std::numeric_limits<std::size_t>::max() - (page - 1))
@@ -43,7 +44,7 @@ shared_arena shared_arena::create(std::size_t bytes) {
     const std::size_t size = (bytes + page - 1) / page * page;
     if (size > static_cast<std::size_t>(std::numeric_limits<off_t>::max()))
         fail(EFBIG, "size exceeds off_t", bytes);
-    // MAP_POPULATE on a memfd allocates every page: beyond physical memory the
+    // Populating a memfd allocates every page: beyond physical memory the
     // OOM killer would answer instead of mmap, so refuse here.
     if (size > physical_memory()) fail(ENOMEM, "size exceeds physical memory", bytes);
 
@@ -59,9 +60,30 @@ shared_arena shared_arena::create(std::size_t bytes) {
     // mapping (others would fault with SIGBUS) or grow it.
     if (::fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0)
         close_and_fail("fcntl(F_ADD_SEALS)");
-    void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (base == MAP_FAILED) close_and_fail("mmap");
-    return shared_arena(static_cast<std::byte*>(base), size, fd);
+    shared_arena arena(static_cast<std::byte*>(base), size, fd);
+    arena.populate(0, populate_bytes);
+    return arena;
+}
+
+void shared_arena::populate(std::size_t offset, std::size_t bytes) const noexcept {
+    if (offset >= size_) return;
+    bytes = std::min(bytes, size_ - offset);
+    const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+    const std::size_t begin = offset / page * page;
+    const std::size_t end = (offset + bytes + page - 1) / page * page;
+    if (end <= begin) return;
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23  // Linux 5.14; glibc 2.36's headers may lack it
+#endif
+    // Allocates the pages and maps them writable without touching their
+    // contents, so it is safe while other processes already use the memory.
+    if (::madvise(base_ + begin, end - begin, MADV_POPULATE_WRITE) == 0) return;
+    // Older kernels: a read fault allocates a shmem page too (and changes nothing).
+    for (std::size_t at = begin; at < end; at += page) {
+        (void)*static_cast<volatile const std::byte*>(base_ + at);
+    }
 }
 
 shared_arena::shared_arena(shared_arena&& other) noexcept

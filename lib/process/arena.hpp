@@ -9,27 +9,38 @@
 // left behind when every process holding it dies, however it dies.
 
 #include <cstddef>
+#include <cstdint>
 
 namespace tandem::detail {
 
-/// A sealed, pre-faulted MAP_SHARED mapping of a memfd.
+/// A sealed MAP_SHARED mapping of a memfd, pre-faulted on request.
 ///
 /// The size is rounded up to the page size and sealed (F_SEAL_GROW,
 /// F_SEAL_SHRINK, then F_SEAL_SEAL): a process that shares the fd cannot
 /// truncate the file under the mapping and make another process fault with
-/// SIGBUS. The pages are faulted in at creation (MAP_POPULATE), so the first
-/// touch on a hot path costs nothing; a size larger than the machine's physical
-/// memory is refused instead of waking the OOM killer.
+/// SIGBUS. populate() allocates pages ahead of use (MADV_POPULATE_WRITE), so
+/// the first touch on a hot path costs no page allocation; a size larger than
+/// the machine's physical memory is refused instead of waking the OOM killer.
 ///
 /// Move-only. The destructor unmaps and closes the fd; children forked earlier
-/// keep their own mapping. Not thread-safe: one owner.
+/// keep their own mapping. Not thread-safe: one owner (populate() excepted,
+/// which may run on another thread while the memory is in use).
 class shared_arena {
 public:
-    /// Creates an arena of at least `bytes` bytes (rounded up to the page size).
+    /// Creates an arena of at least `bytes` bytes (rounded up to the page size)
+    /// and populates its first `populate_bytes` (all of it by default).
     /// Throws std::system_error (system_category) naming the failed step and the
     /// size: EINVAL for 0, ENOMEM for a size beyond physical memory or address
     /// space, or the errno of memfd_create / ftruncate / fcntl / mmap.
-    static shared_arena create(std::size_t bytes);
+    static shared_arena create(std::size_t bytes, std::size_t populate_bytes = SIZE_MAX);
+
+    /// Allocates and maps the pages of [offset, offset + bytes) (clamped to the
+    /// arena) without changing their contents. Never fails: on error the pages
+    /// are simply faulted in later, on first touch.
+    void populate(std::size_t offset, std::size_t bytes) const noexcept;
+
+    /// An empty arena (no mapping), to be assigned one made by create().
+    shared_arena() noexcept = default;
 
     shared_arena(shared_arena&& other) noexcept;
     shared_arena& operator=(shared_arena&& other) noexcept;

@@ -22,9 +22,13 @@ namespace tandem::detail {
 
 namespace {
 
-// Where the zygote keeps its two fds, so a worker knows what to keep.
-constexpr int zygote_pipe_fd = 3;    // read end of the "parent alive" pipe
-constexpr int zygote_socket_fd = 4;  // the zygote's end of the command socket
+// Where the zygote keeps its fds, so a worker knows what to keep: the read
+// end of the "parent alive" pipe at 3, the passed fds from 4 on, then the
+// zygote's end of the command socket (set once in the zygote, which has one
+// thread).
+constexpr int zygote_pipe_fd = 3;
+constexpr int first_passed_fd = 4;
+int zygote_socket_fd = first_passed_fd;
 constexpr int max_tracked_workers = 1024;
 constexpr int spawn_reply_timeout_ms = 10'000;
 constexpr int worker_exception_status = 70;  // EX_SOFTWARE
@@ -37,10 +41,7 @@ struct command {
     std::int32_t index;
 };
 constexpr std::int32_t op_spawn = 1;
-
-struct reply {
-    std::int64_t pid_or_error;  // a pid, or -errno
-};
+static_assert(sizeof(zygote::reply) == 16);
 
 [[noreturn]] void fail(int err, const std::string& step) {
     throw std::system_error(err, std::system_category(), "zygote: " + step);
@@ -62,14 +63,25 @@ void close_from(int first) noexcept {
 }
 
 /// Leaves the zygote with fds 0-2 (opened on /dev/null if they were closed, so
-/// that nothing else lands there), the pipe at 3 and the socket at 4.
-void arrange_fds(int pipe_read, int socket) noexcept {
-    // Copies above 10 first: either may currently sit on 3 or 4.
-    const int pipe_copy = ::fcntl(pipe_read, F_DUPFD, 10);
-    const int socket_copy = ::fcntl(socket, F_DUPFD, 10);
+/// that nothing else lands there), the pipe at 3, the passed fds from 4 on and
+/// the socket after them.
+void arrange_fds(int pipe_read, int socket, const int* passed, int n_passed) noexcept {
+    // Copies above every target first: any of them may sit where another goes.
+    constexpr int high = 1000;
+    const int pipe_copy = ::fcntl(pipe_read, F_DUPFD, high);
+    const int socket_copy = ::fcntl(socket, F_DUPFD, high);
     if (pipe_copy < 0 || socket_copy < 0) ::_exit(120);
+    int copies[zygote::max_passed_fds];
+    for (int i = 0; i < n_passed; ++i) {
+        copies[i] = ::fcntl(passed[i], F_DUPFD, high);
+        if (copies[i] < 0) ::_exit(120);
+    }
+    zygote_socket_fd = first_passed_fd + n_passed;
     if (::dup2(pipe_copy, zygote_pipe_fd) < 0 || ::dup2(socket_copy, zygote_socket_fd) < 0)
         ::_exit(121);
+    for (int i = 0; i < n_passed; ++i) {
+        if (::dup2(copies[i], first_passed_fd + i) < 0) ::_exit(121);
+    }
     close_from(zygote_socket_fd + 1);
     for (int fd = 0; fd < 3; ++fd) {
         if (::fcntl(fd, F_GETFD) < 0) {
@@ -148,7 +160,15 @@ long spawn_worker(worker_table& table, zygote::worker_main_fn worker_main, void*
     args.flags = CLONE_PARENT | CLONE_PIDFD;
     args.pidfd = reinterpret_cast<std::uintptr_t>(&pidfd);
     args.exit_signal = 0;
+    // The kernel gives a clone3 child no robust-futex list (glibc's fork()
+    // registers one again; a raw clone3 does not): hand the worker the
+    // zygote's, which its copy of memory holds at the same address, so a
+    // robust mutex a worker holds when it dies is released to the next owner.
+    void* robust_head = nullptr;
+    std::size_t robust_len = 0;
+    ::syscall(SYS_get_robust_list, 0, &robust_head, &robust_len);
     long pid = ::syscall(SYS_clone3, &args, sizeof args);
+    if (pid == 0 && robust_head != nullptr) ::syscall(SYS_set_robust_list, robust_head, robust_len);
     if (pid < 0 && errno == ENOSYS) {
         // Before Linux 5.3: a plain fork; the worker is the zygote's child
         // (auto-reaped: the zygote ignores SIGCHLD) and reap() cannot see it.
@@ -161,9 +181,9 @@ long spawn_worker(worker_table& table, zygote::worker_main_fn worker_main, void*
     return pid;
 }
 
-[[noreturn]] void zygote_main(int pipe_read, int socket, zygote::worker_main_fn worker_main,
-                              void* arg) noexcept {
-    arrange_fds(pipe_read, socket);
+[[noreturn]] void zygote_main(int pipe_read, int socket, const int* passed, int n_passed,
+                              zygote::worker_main_fn worker_main, void* arg) noexcept {
+    arrange_fds(pipe_read, socket, passed, n_passed);
     reset_signals();
     struct sigaction ignore {};
     ignore.sa_handler = SIG_IGN;
@@ -188,7 +208,7 @@ long spawn_worker(worker_table& table, zygote::worker_main_fn worker_main, void*
             if (errno == EINTR || errno == EAGAIN) continue;
             break;
         }
-        reply answer{-EPROTO};
+        zygote::reply answer{cmd.index, 0, -EPROTO};
         if (n == sizeof cmd && cmd.op == op_spawn)
             answer.pid_or_error = spawn_worker(table, worker_main, arg, cmd.index);
         if (::send(zygote_socket_fd, &answer, sizeof answer, MSG_NOSIGNAL) < 0) break;
@@ -203,7 +223,8 @@ int parent_died_fd() noexcept {
     return worker_parent_died_fd;
 }
 
-zygote::zygote(worker_main_fn worker_main, void* arg) {
+zygote::zygote(worker_main_fn worker_main, void* arg, std::span<const int> pass_fds) {
+    if (pass_fds.size() > max_passed_fds) fail(EINVAL, "too many fds to pass to the workers");
     int pipe_fds[2];
     if (::pipe2(pipe_fds, O_CLOEXEC) != 0) fail(errno, "pipe2 for the parent-alive pipe");
     int socket_fds[2];
@@ -214,7 +235,10 @@ zygote::zygote(worker_main_fn worker_main, void* arg) {
         fail(err, "socketpair for the command socket");
     }
     const pid_t pid = ::fork();
-    if (pid == 0) zygote_main(pipe_fds[0], socket_fds[1], worker_main, arg);
+    if (pid == 0) {
+        zygote_main(pipe_fds[0], socket_fds[1], pass_fds.data(), static_cast<int>(pass_fds.size()),
+                    worker_main, arg);
+    }
     const int err = errno;
     ::close(pipe_fds[0]);
     ::close(socket_fds[1]);
@@ -229,17 +253,51 @@ zygote::zygote(worker_main_fn worker_main, void* arg) {
 }
 
 zygote::~zygote() {
-    ::close(socket_);  // the zygote sees EOF, kills its workers and exits
+    finish();
+}
+
+void zygote::finish() noexcept {
+    if (pid_ < 0) return;
+    // Half-close: the zygote reads the requests already sent, answers them,
+    // then sees end of file, kills every worker it made and exits.
+    ::shutdown(socket_, SHUT_WR);
     int status = 0;
     while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
     }
+    pid_ = -1;
+    // Answers nobody read name workers that are our children (CLONE_PARENT),
+    // killed by the zygote on its way out: reap them, or they stay zombies.
+    reply answer{};
+    while (::recv(socket_, &answer, sizeof answer, MSG_DONTWAIT) == sizeof answer) {
+        if (answer.pid_or_error <= 0) continue;
+        while (::waitpid(static_cast<pid_t>(answer.pid_or_error), &status, 0) < 0 &&
+               errno == EINTR) {
+        }
+    }
+    ::close(socket_);
     ::close(alive_write_);
+}
+
+int zygote::request_spawn(int index) noexcept {
+    const command cmd{op_spawn, index};
+    if (::send(socket_, &cmd, sizeof cmd, MSG_NOSIGNAL | MSG_DONTWAIT) == sizeof cmd) return 0;
+    return errno != 0 ? errno : EPROTO;
+}
+
+spawn_result zygote::finish_spawn(const reply& answer) {
+    const std::string what = "spawning worker " + std::to_string(answer.index);
+    if (answer.pid_or_error < 0)
+        fail(static_cast<int>(-answer.pid_or_error), what + ": clone3 in the zygote");
+    const auto pid = static_cast<pid_t>(answer.pid_or_error);
+    // Race-free: the worker is our child, so its pid stays ours until we reap it.
+    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0U));
+    if (pidfd < 0) fail(errno, what + ": pidfd_open");
+    return {pid, pidfd};
 }
 
 spawn_result zygote::spawn(int index) {
     const std::string what = "spawning worker " + std::to_string(index);
-    const command cmd{op_spawn, index};
-    if (::send(socket_, &cmd, sizeof cmd, MSG_NOSIGNAL) < 0) fail(errno, what + ": send");
+    if (const int err = request_spawn(index); err != 0) fail(err, what + ": send");
     pollfd p{socket_, POLLIN, 0};
     int ready = 0;
     while ((ready = ::poll(&p, 1, spawn_reply_timeout_ms)) < 0 && errno == EINTR) {
@@ -250,14 +308,8 @@ spawn_result zygote::spawn(int index) {
     const ssize_t n = ::recv(socket_, &answer, sizeof answer, 0);
     if (n < 0) fail(errno, what + ": recv");
     if (n == 0) fail(EPIPE, what + ": the zygote is gone");
-    if (n != sizeof answer) fail(EPROTO, what + ": short answer");
-    if (answer.pid_or_error < 0)
-        fail(static_cast<int>(-answer.pid_or_error), what + ": clone3 in the zygote");
-    const auto pid = static_cast<pid_t>(answer.pid_or_error);
-    // Race-free: the worker is our child, so its pid stays ours until we reap it.
-    const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0U));
-    if (pidfd < 0) fail(errno, what + ": pidfd_open");
-    return {pid, pidfd};
+    if (n != sizeof answer || answer.index != index) fail(EPROTO, what + ": bad answer");
+    return finish_spawn(answer);
 }
 
 exit_info zygote::reap(int pidfd) {

@@ -20,6 +20,8 @@
 
 #include <sys/types.h>
 
+#include <cstdint>
+#include <span>
 #include <string>
 
 namespace tandem::detail {
@@ -58,34 +60,59 @@ struct spawn_result {
 /// fork(): the workers are then the zygote's children, and reap() fails with
 /// ECHILD. Each worker starts with every signal at its default action except
 /// SIGINT, which is ignored (the parent decides), an empty signal mask, and only
-/// fds 0, 1, 2 and parent_died_fd() open; it runs worker_main(arg, index) and
+/// fds 0, 1, 2, parent_died_fd() (3) and the passed fds (4, 5, ...) open; it runs worker_main(arg,
+/// index) and
 /// `_exit(0)`s when that returns.
 ///
-/// Known hazard (to settle before user jobs run here): a worker made by a raw
-/// clone3 keeps glibc's cached thread id of the zygote's thread (glibc's own
-/// fork() refreshes it, and the robust-mutex list). raise()/abort() ask the
-/// kernel and are fine; robust or PI mutexes in shared memory, and anything
-/// else that trusts the cached tid, are not. The alternative is glibc fork() in
-/// the zygote with exit statuses reported by the zygote over the socket.
+/// Known limit (README, "Pitfalls"): a worker made by a raw clone3 keeps
+/// glibc's cached thread id of the zygote's thread; glibc's own fork() would
+/// refresh it. raise()/abort()/gettid() ask the kernel and are fine, and the
+/// robust-futex list is registered again (see spawn_worker). What trusts the
+/// cached id is the owner field of glibc's mutexes: a PI, robust, recursive or
+/// error-checking pthread mutex placed in memory shared between workers sees
+/// every worker as the same owner. Process-private mutexes are unaffected (one
+/// process, one consistent id).
 class zygote {
 public:
     using worker_main_fn = void (*)(void* arg, int worker_index);
+    static constexpr std::size_t max_passed_fds = 64;
 
-    /// Forks the zygote. Throws std::system_error naming the failed step
-    /// (pipe2, socketpair, fork).
-    zygote(worker_main_fn worker_main, void* arg);
+    /// The zygote's answer to a spawn request, as received on socket().
+    struct reply {
+        std::int32_t index;
+        std::int32_t pad;
+        std::int64_t pid_or_error;  // a pid, or -errno
+    };
+
+    /// Forks the zygote. `pass_fds` (at most max_passed_fds) are handed to
+    /// every worker as fds 4, 5, ... in order (the parent keeps its own).
+    /// Throws std::system_error naming the failed step (pipe2, socketpair, fork).
+    zygote(worker_main_fn worker_main, void* arg, std::span<const int> pass_fds = {});
     zygote(const zygote&) = delete;
     zygote& operator=(const zygote&) = delete;
-    /// Closes the command socket (the zygote SIGKILLs its workers and exits),
-    /// reaps the zygote, then closes the pipe's write end. The workers are this
-    /// process's children: their pidfds become readable; reap them with reap().
+    /// finish().
     ~zygote();
+
+    /// Ends the zygote: it answers the requests already sent, SIGKILLs every
+    /// worker it made and exits; this reaps it, reaps the workers whose
+    /// answers were never read, and closes the pipe's write end. The other
+    /// workers are this process's children: their pidfds become readable;
+    /// reap them with reap(). Idempotent.
+    void finish() noexcept;
 
     /// Asks the zygote for worker `index` and waits for the answer (blocking,
     /// up to 10 s; a later step makes this an asynchronous exchange on the ring).
     /// Throws std::system_error: the zygote's errno from clone3, EPIPE if the
     /// zygote is gone, ETIMEDOUT, or pidfd_open's errno.
     spawn_result spawn(int index);
+
+    /// The asynchronous form, in two halves: request_spawn sends the request
+    /// without blocking (0, or the errno); the zygote's `reply` then arrives on
+    /// socket(), and finish_spawn turns it into a spawn_result (or throws
+    /// std::system_error as spawn does).
+    int request_spawn(int index) noexcept;
+    static spawn_result finish_spawn(const reply& answer);
+    int socket() const noexcept { return socket_; }
 
     /// Waits for the child behind `pidfd` to end and reaps it (blocking;
     /// returns at once if it has ended). Does not close `pidfd`. Throws

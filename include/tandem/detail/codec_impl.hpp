@@ -18,6 +18,13 @@
 namespace tandem {
 
 namespace detail {
+/// The types that may alias any bytes, so they can be read straight from the arena.
+template <class T>
+inline constexpr bool byte_like =
+    std::is_same_v<T, char> || std::is_same_v<T, unsigned char> || std::is_same_v<T, std::byte>;
+}  // namespace detail
+
+namespace detail {
 /// The fewest bytes any T encodes to, as its codec declares (0 if it does not say).
 template <class T>
 constexpr std::size_t min_wire_size() {
@@ -74,9 +81,15 @@ struct codec<std::basic_string<C, Tr, A>> {
     }
     static string decode(decoder& d) {
         const std::size_t n = d.read_count(sizeof(C));
-        string s(n, C{});
-        d.read(s.data(), n * sizeof(C));
-        return s;
+        if constexpr (detail::byte_like<C>) {
+            // One pass: constructed from the bytes, not zero-filled and then overwritten.
+            const auto* p = reinterpret_cast<const C*>(d.take(n));
+            return string(p, p + n);
+        } else {
+            string s(n, C{});
+            d.read(s.data(), n * sizeof(C));
+            return s;
+        }
     }
 };
 
@@ -99,7 +112,11 @@ struct codec<std::vector<T, A>> {
         }
     }
     static std::vector<T, A> decode(decoder& d) {
-        if constexpr (detail::raw_bytes<T>()) {
+        if constexpr (detail::byte_like<T>) {
+            const std::size_t n = d.read_count(1);
+            const auto* p = reinterpret_cast<const T*>(d.take(n));
+            return std::vector<T, A>(p, p + n);  // one pass, no zero-fill
+        } else if constexpr (detail::raw_bytes<T>()) {
             const std::size_t n = d.read_count(sizeof(T));
             std::vector<T, A> v(n);
             d.read(v.data(), n * sizeof(T));
