@@ -179,10 +179,9 @@ std::vector<std::byte> echo_job(std::vector<std::byte> v) {
 }
 
 std::size_t touch_job(tandem::shared_array<std::byte> a) {
-    // Reads one byte per page: the worker sees the memory, nothing is copied.
-    std::size_t sum = 0;
-    for (std::size_t i = 0; i < a.size(); i += 4096) sum += static_cast<std::size_t>(a[i]);
-    return sum;
+    // The first and last bytes: the worker sees the whole array, nothing is copied, and the
+    // job's own work does not grow with the size (reading every page would).
+    return static_cast<std::size_t>(a[0]) + static_cast<std::size_t>(a[a.size() - 1]);
 }
 
 long primes_job(long lo, long hi) {

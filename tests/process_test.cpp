@@ -16,15 +16,21 @@
 #include <catch2/catch.hpp>
 
 #include <dirent.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -310,8 +316,9 @@ TEST_CASE("arguments and results of the built-in codec types cross the process b
 
 TEST_CASE("a lambda capturing numbers by value runs in the worker with its captures", "[process]") {
     tandem::runtime rt(pool_options(1));
-    const long base = 1000;
-    const int factor = 3;
+    long base = 1000;  // not constants: the lambda must really carry them
+    int factor = 3;
+    if (rt.io_threads() == 0) base = factor = 0;
     auto scaled = [base, factor](long x) { return base + factor * x + (in_parent() ? 1 : 0); };
     CHECK(rt.block_on(tandem::offload_to_process(scaled, 5L)) == 1015);
 }
@@ -764,6 +771,19 @@ TEST_CASE("a worker scribbling over the arena costs an error and a replacement, 
 
 // ---- what is left behind ------------------------------------------------------------------------
 
+namespace {
+int niceness() {
+    errno = 0;
+    return ::getpriority(PRIO_PROCESS, 0);
+}
+}  // namespace
+
+TEST_CASE("workers run a little below the parent's priority", "[process]") {
+    tandem::runtime rt(pool_options(1));
+    const int mine = niceness();
+    CHECK(rt.block_on(tandem::offload_to_process(niceness)) == std::min(mine + 3, 19));
+}
+
 TEST_CASE("workers keep only their own fds and ignore SIGINT", "[process]") {
     tandem::runtime rt(pool_options(1, 64 * mib, 2));
     auto fds = [] {
@@ -873,4 +893,81 @@ TEST_CASE("when the parent is SIGKILLed, the zygote and every worker exit within
         CAPTURE(q);
         CHECK(gone_within(q, 1000ms));
     }
+}
+
+// ---- workers that cannot be forked ----------------------------------------------------------
+
+namespace {
+
+/// Runs this binary again with only the test case `tag`, in a fresh process
+/// (a seccomp filter cannot be removed, and TSan wants no fork of a threaded
+/// process); returns its wait status.
+int in_fresh_process(const char* tag) {
+    static char marker[] = "TANDEM_PROCESS_TEST_CHILD=1";
+    std::vector<char*> env;
+    for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
+    env.push_back(marker);
+    env.push_back(nullptr);
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::execle("/proc/self/exe", "process_test", tag, "--out", "/dev/null",
+                 static_cast<char*>(nullptr), env.data());
+        ::_exit(127);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    return status;
+}
+
+#if defined(__x86_64__)
+/// Makes clone3 fail with EPERM for this process and its future children,
+/// as a container's seccomp profile may (the zygote forks workers with it).
+bool block_clone3() {
+    sock_filter filter[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_clone3, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    sock_fprog prog{};
+    prog.len = static_cast<unsigned short>(sizeof filter / sizeof filter[0]);
+    prog.filter = filter;
+    return ::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0 &&
+           ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
+}
+#endif
+
+}  // namespace
+
+TEST_CASE("child: makes a runtime where clone3 fails", "[.child_clone3_blocked]") {
+    if (!started_as_child()) return;
+#if defined(__x86_64__)
+    if (!block_clone3()) ::_exit(10);
+    try {
+        tandem::runtime rt(pool_options(2));
+        ::_exit(11);  // it should not have started
+    } catch (const std::system_error& e) {
+        const std::string what = e.what();
+        const bool named = what.find("spawning worker 0") != std::string::npos &&
+                           what.find("clone3") != std::string::npos;
+        if (e.code().value() != EPERM || !named) ::_exit(12);
+        ::_exit(children().empty() ? 0 : 14);  // the zygote was reaped
+    } catch (...) {
+        ::_exit(13);
+    }
+#else
+    ::_exit(0);
+#endif
+}
+
+TEST_CASE("when no worker can be forked, making the runtime throws the errno and the step",
+          "[process]") {
+    const int status = in_fresh_process("[.child_clone3_blocked]");
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
 }

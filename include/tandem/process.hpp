@@ -44,7 +44,12 @@ struct process_pool_stats {
 
 namespace detail {
 class process_pool_impl;
-}
+
+/// A concept, so that `void` is never handed to encodable (a disjunction of
+/// constraints stops at the first that holds; `||` in an expression does not).
+template <class T>
+concept void_or_encodable = std::is_void_v<T> || encodable<T>;
+}  // namespace detail
 
 /// The runtime's pool of worker processes (`runtime::processes()`). Thread-safe.
 class process_pool {
@@ -103,7 +108,7 @@ task<std::invoke_result_t<F, Args...>> offload_to_process(F fn, Args... args) {
     static_assert(!std::is_reference_v<result>, "offload_to_process: fn must return by value");
     static_assert((encodable<Args> && ...),
                   "offload_to_process: every argument type needs a tandem::codec");
-    static_assert(std::is_void_v<result> || encodable<result>,
+    static_assert(detail::void_or_encodable<result>,
                   "offload_to_process: the result type needs a tandem::codec");
 
     detail::offload_job job(&detail::run_in_worker<F, result, Args...>, &fn, sizeof(F));

@@ -730,10 +730,11 @@ void process_pool_impl::finish_slot(std::uint32_t index) {
     // time from sending to reaping: that includes the wake-ups of whoever
     // slept, and would stop the spinning that avoids them.
     std::atomic<std::uint64_t>& avg = spin_[r.loop].job_ns;  // (mutex held: no lost update)
-    avg.store((avg.load(std::memory_order_relaxed) * 7 +
-               std::min<std::uint64_t>(run_ns, max_loop_spin_ns * 4)) /
-                  8,
-              std::memory_order_relaxed);
+    if (run_ns != shm::not_timed)
+        avg.store((avg.load(std::memory_order_relaxed) * 7 +
+                   std::min<std::uint64_t>(run_ns, max_loop_spin_ns * 4)) /
+                      8,
+                  std::memory_order_relaxed);
     deliver(*job);
 }
 

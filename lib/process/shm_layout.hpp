@@ -101,6 +101,7 @@ struct job_slot {
     std::uint64_t run_ns = 0;               // how long the worker ran the job: untrusted
     std::uint64_t args_len = 0;
 };
+inline constexpr std::uint64_t not_timed = UINT64_MAX;
 inline constexpr std::size_t slot_header_bytes = sizeof(std::uint64_t) * 4;
 static_assert(sizeof(job_slot) == slot_header_bytes);
 
