@@ -98,6 +98,7 @@ struct process_pool_impl::slot_rec {
     std::size_t out_block = npos, out_block_bytes = 0;
     std::size_t out_off = 0, out_cap = 0;  // where the result may be: our record, not the slot's
     bool space_waiting = false;
+    std::size_t space_need = 0;  // the result block asked for (checked, rounded)
 };
 
 // ---- job_list --------------------------------------------------------------------------------
@@ -349,7 +350,7 @@ void process_pool_impl::satisfy_waiters() {
     // Workers waiting for a result block first: they hold a slot and a process.
     while (!space_waiters_.empty()) {
         const std::uint32_t s = space_waiters_.front();
-        const std::size_t bytes = view_.slot(s)->out_len;  // checked by need_space()
+        const std::size_t bytes = slots_[s].space_need;  // our copy: the worker may scribble
         const std::size_t off = heap_.allocate(bytes);
         if (off == npos) break;
         space_waiters_.erase(space_waiters_.begin());
@@ -754,7 +755,7 @@ void process_pool_impl::need_space(std::uint32_t index) {
         r.args_block = npos;
     }
     const std::size_t rounded = shm::align_up(static_cast<std::size_t>(bytes), arena_heap::granule);
-    s->out_len = rounded;  // satisfy_waiters reads it back
+    r.space_need = rounded;
     const std::size_t off = heap_.allocate(rounded);
     if (off == npos) {
         r.space_waiting = true;

@@ -174,8 +174,7 @@ void worker_main(void* arena, int index) {
     // still get one the moment they wake. At equal priority a 1 ms timer on
     // the loop ran up to 4 ms late on this 2-core machine; at +3, under 1 ms
     // (README, "CPU offload").
-    errno = 0;
-    (void)::nice(worker_nice_increment);
+    (void)::nice(worker_nice_increment);  // best effort: a failure changes nothing else
 
     if (void (*init)() = header->initializer; init != nullptr) {
         try {
