@@ -346,6 +346,31 @@ TEST_CASE("jobs from two io threads complete on the loop that awaited them", "[p
     CHECK(done.load() == 600);
 }
 
+namespace {
+/// On io thread 1 (not loop 0, which watches the workers): a crash and a
+/// timeout, whose outcomes loop 0 hands over.
+tandem::task<std::pair<std::string, std::string>> faults_on(tandem::runtime* rt) {
+    if (tandem::detail::current_loop() != tandem::detail_loop_of(*rt, 1)) {
+        co_return std::pair<std::string, std::string>{};
+    }
+    const auto crash = co_await error_of(tandem::offload_to_process(aborts, 0));
+    const auto late =
+        co_await error_of(tandem::timeout(50ms, tandem::offload_to_process(spins_forever, 0)));
+    co_return std::pair{crash.value_or("none"), late.value_or("none")};
+}
+}  // namespace
+
+TEST_CASE("crashes and timeouts of jobs awaited on another io thread than loop 0", "[process]") {
+    tandem::runtime rt(pool_options(2, 64 * mib, 2));
+    std::pair<std::string, std::string> seen;
+    for (int attempt = 0; attempt < 4 && seen.first.empty(); ++attempt) {
+        seen = rt.block_on(faults_on(&rt));  // block_on takes the loops in turn
+    }
+    CHECK_THAT(seen.first, Catch::Contains("killed by signal 6"));
+    CHECK_THAT(seen.second, Catch::Contains("timed_out"));
+    CHECK(rt.block_on(quick_jobs(50)) == 50);
+}
+
 // ---- exceptions and crashes -----------------------------------------------------------------
 
 TEST_CASE("a job that throws gives remote_error with its type and message, and its worker lives on",
