@@ -29,7 +29,7 @@
 // writes do not add up is killed and replaced, its job fails, the parent
 // never reads outside the region it handed out.
 
-#include "pool.hpp"
+#include "pool_internal.hpp"
 
 #include "futex.hpp"
 #include "worker.hpp"
@@ -49,57 +49,6 @@
 #include <thread>
 
 namespace tandem::detail {
-
-namespace {
-
-constexpr std::size_t npos = SIZE_MAX;
-constexpr unsigned max_start_attempts = 3;
-constexpr std::uint32_t worker_spin_ns = 50'000;
-constexpr std::uint64_t max_loop_spin_ns = 50'000;
-constexpr auto safety_interval = std::chrono::milliseconds(100);
-constexpr std::size_t populate_ahead = std::size_t{4} << 20;
-constexpr std::size_t populate_chunk = std::size_t{2} << 20;
-
-std::string size_text(std::size_t bytes) {
-    return std::to_string(bytes) + " bytes";
-}
-
-}  // namespace
-
-struct process_pool_impl::worker_rec {
-    enum class state : std::uint8_t { starting, alive, retiring, dying, dead, failed };
-    state st = state::starting;
-    pid_t pid = -1;
-    int pidfd = -1;
-    std::uint32_t inflight = 0;    // dispatched, completion not yet taken
-    std::uint64_t dispatched = 0;  // since this process started
-    unsigned failures = 0;         // consecutive failed starts
-    bool replacement = false;      // counts in stats().replacements once started
-    bool killed = false;
-    std::string kill_reason;
-    bool watch_armed = false;
-    bool death_seen = false;               // the pidfd watch fired (loop 0)
-    std::atomic<bool> respawn_due{false};  // set by a timer on loop 0 or a retry on any loop
-    bool wake = false;                     // pump queued work for it
-    watch_op watch;
-    struct respawn_timer : timer_node {
-        process_pool_impl* pool = nullptr;
-        std::uint32_t index = 0;
-    } timer;
-};
-
-struct process_pool_impl::slot_rec {
-    offload_job* job = nullptr;  // null: free, or orphaned by a cancelled job
-    bool in_use = false;
-    std::int32_t worker = -1;  // dispatched to, or -1
-    std::uint32_t loop = 0;
-    std::uint64_t seq = 0;  // dispatch order, to re-queue in order
-    std::size_t args_block = npos, args_block_bytes = 0;
-    std::size_t out_block = npos, out_block_bytes = 0;
-    std::size_t out_off = 0, out_cap = 0;  // where the result may be: our record, not the slot's
-    bool space_waiting = false;
-    std::size_t space_need = 0;  // the result block asked for (checked, rounded)
-};
 
 // ---- job_list --------------------------------------------------------------------------------
 
@@ -174,7 +123,14 @@ process_pool_impl::process_pool_impl(const process_pool_options& options,
     arena_ = shared_arena::create(options.arena_bytes, populate_now);
     view_ = {arena_.base(), plan_.workers_off, plan_.worker_stride, plan_.slots_off};
     heap_ = arena_heap(plan_.heap_off, plan_.heap_bytes);
+    init_shared_state();
+    init_parent_state();
+    zygote_ = std::make_unique<zygote>(&worker_main, arena_.base(), loop_fds);
+    start_first_workers();
+    if (populate_now < arena_.size()) start_populator(populate_now);
+}
 
+void process_pool_impl::init_shared_state() {
     new (arena_.base()) shm::arena_header();
     write_header();
     for (std::uint32_t w = 0; w < workers_n_; ++w) {
@@ -182,13 +138,16 @@ process_pool_impl::process_pool_impl(const process_pool_options& options,
         new (view_.submit_ring(w)) shm::ring();
         for (std::uint32_t l = 0; l < loops_n_; ++l) new (view_.done_ring(w, l)) shm::ring();
     }
-    slots_.resize(plan_.slots);
-    free_slots_.reserve(plan_.slots);
-    for (std::uint32_t s = plan_.slots; s-- > 0;) {
+    for (std::uint32_t s = 0; s < plan_.slots; ++s) {
         new (view_.slot(s)) shm::job_slot();
         new (view_.cold(s)) shm::job_slot_cold();
-        free_slots_.push_back(s);
     }
+}
+
+void process_pool_impl::init_parent_state() {
+    slots_.resize(plan_.slots);
+    free_slots_.reserve(plan_.slots);
+    for (std::uint32_t s = plan_.slots; s-- > 0;) free_slots_.push_back(s);
     done_heads_ = std::make_unique<std::atomic<std::uint32_t>[]>(workers_n_ * loops_n_);
     loop_inflight_ = std::make_unique<std::atomic<std::uint32_t>[]>(loops_n_);
     submit_tails_.assign(workers_n_, 0);
@@ -201,8 +160,6 @@ process_pool_impl::process_pool_impl(const process_pool_options& options,
     socket_watch_.complete = &on_watch;
     socket_watch_.pool = this;
     socket_watch_.index = UINT32_MAX;
-
-    zygote_ = std::make_unique<zygote>(&worker_main, arena_.base(), loop_fds);
     for (std::uint32_t w = 0; w < workers_n_; ++w) {
         auto rec = std::make_unique<worker_rec>();
         rec->watch.complete = &on_watch;
@@ -213,8 +170,11 @@ process_pool_impl::process_pool_impl(const process_pool_options& options,
         rec->timer.index = w;
         workers_.push_back(std::move(rec));
     }
-    // The first workers start here, blocking: no loop runs yet. If one cannot
-    // be made, the destructor's steps undo the others.
+}
+
+void process_pool_impl::start_first_workers() {
+    // Blocking: no loop runs yet. If one cannot be made, the others are
+    // killed and reaped, the zygote ended, and the error goes to the caller.
     try {
         for (std::uint32_t w = 0; w < workers_n_; ++w) {
             spawn_result r = zygote_->spawn(static_cast<int>(w));
@@ -235,19 +195,20 @@ process_pool_impl::process_pool_impl(const process_pool_options& options,
         zygote_.reset();
         throw;
     }
-    if (populate_now < arena_.size()) {
-        populator_ = std::thread([this, from = populate_now] {
-            // SCHED_IDLE: only spare CPU time. At normal priority it took a
-            // core from the loop or a worker for the 100-250 ms it runs, and
-            // round trips then ran 3x slower on average (bench/offload_bench).
-            sched_param none{};
-            ::sched_setscheduler(0, SCHED_IDLE, &none);
-            for (std::size_t at = from; at < arena_.size(); at += populate_chunk) {
-                if (stop_populating_.load(std::memory_order_relaxed)) return;
-                arena_.populate(at, populate_chunk);
-            }
-        });
-    }
+}
+
+void process_pool_impl::start_populator(std::size_t from) {
+    populator_ = std::thread([this, from] {
+        // SCHED_IDLE: only spare CPU time. At normal priority it took a core
+        // from the loop or a worker for the 100-250 ms it runs, and round
+        // trips then ran 3x slower on average (bench/offload_bench).
+        sched_param none{};
+        ::sched_setscheduler(0, SCHED_IDLE, &none);
+        for (std::size_t at = from; at < arena_.size(); at += populate_chunk) {
+            if (stop_populating_.load(std::memory_order_relaxed)) return;
+            arena_.populate(at, populate_chunk);
+        }
+    });
 }
 
 process_pool_impl::~process_pool_impl() {
@@ -318,12 +279,12 @@ void process_pool_impl::wait_for_room(offload_job& job) {
 bool process_pool_impl::grant_room(offload_job& job) {
     if (free_slots_.empty()) return false;
     const std::size_t need = job.args_need;
-    std::size_t block = npos;
+    std::size_t block = no_block;
     std::size_t block_bytes = 0;
     if (need > shm::inline_capacity) {
         block_bytes = shm::align_up(need, arena_heap::granule);
         block = heap_.allocate(block_bytes);
-        if (block == npos) return false;
+        if (block == no_block) return false;
     }
     const std::uint32_t s = free_slots_.back();
     free_slots_.pop_back();
@@ -334,7 +295,7 @@ bool process_pool_impl::grant_room(offload_job& job) {
     r.args_block = block;
     r.args_block_bytes = block_bytes;
     job.slot = s;
-    if (block == npos) {
+    if (block == no_block) {
         job.args_region = view_.inline_buf(s);
         job.args_capacity = shm::inline_capacity;
     } else {
@@ -352,7 +313,7 @@ void process_pool_impl::satisfy_waiters() {
         const std::uint32_t s = space_waiters_.front();
         const std::size_t bytes = slots_[s].space_need;  // our copy: the worker may scribble
         const std::size_t off = heap_.allocate(bytes);
-        if (off == npos) break;
+        if (off == no_block) break;
         space_waiters_.erase(space_waiters_.begin());
         slots_[s].space_waiting = false;
         grant_space(s, off, bytes);
@@ -556,8 +517,8 @@ void process_pool_impl::abandon(offload_job& job) noexcept {
 
 void process_pool_impl::free_slot(std::uint32_t index) noexcept {
     slot_rec& r = slots_[index];
-    if (r.args_block != npos) heap_.free(r.args_block, r.args_block_bytes);
-    if (r.out_block != npos) heap_.free(r.out_block, r.out_block_bytes);
+    if (r.args_block != no_block) heap_.free(r.args_block, r.args_block_bytes);
+    if (r.out_block != no_block) heap_.free(r.out_block, r.out_block_bytes);
     if (r.space_waiting) {
         space_waiters_.erase(std::find(space_waiters_.begin(), space_waiters_.end(), index));
     }
@@ -750,14 +711,14 @@ void process_pool_impl::need_space(std::uint32_t index) {
         return;
     }
     // The worker decoded its arguments before it ran the job: their block can go.
-    if (r.args_block != npos) {
+    if (r.args_block != no_block) {
         heap_.free(r.args_block, r.args_block_bytes);
-        r.args_block = npos;
+        r.args_block = no_block;
     }
     const std::size_t rounded = shm::align_up(static_cast<std::size_t>(bytes), arena_heap::granule);
     r.space_need = rounded;
     const std::size_t off = heap_.allocate(rounded);
-    if (off == npos) {
+    if (off == no_block) {
         r.space_waiting = true;
         space_waiters_.push_back(index);
         return;
@@ -777,402 +738,6 @@ void process_pool_impl::grant_space(std::uint32_t index, std::size_t offset, std
     s->state.store(shm::slot_state::space_granted, std::memory_order_release);
     if (r.job != nullptr) r.job->state = offload_job::phase::dispatched;
     wake_worker(static_cast<std::uint32_t>(r.worker));
-}
-
-// ---- the manager: deaths and replacements, on loop 0 -----------------------------------------
-
-void process_pool_impl::kick_manager() noexcept {
-    manager_work_.store(true, std::memory_order_release);
-    loop* manager = manager_.load(std::memory_order_acquire);
-    if (manager != nullptr && !kick_posted_.exchange(true, std::memory_order_acq_rel)) {
-        manager->post(&kick_);
-    }
-}
-
-void process_pool_impl::on_kick(posted_item* item) noexcept {
-    // Waking loop 0 is the point: its poll() then sees manager_work_.
-    static_cast<kick_item*>(item)->pool->kick_posted_.store(false, std::memory_order_release);
-}
-
-void process_pool_impl::on_watch(completion* c, int res, std::uint32_t) noexcept {
-    // Completion callbacks may run inside get_sqe: only note it, poll() acts.
-    auto* op = static_cast<watch_op*>(c);
-    process_pool_impl* pool = op->pool;
-    if (op->index == UINT32_MAX) {
-        pool->socket_watch_armed_ = false;
-    } else {
-        worker_rec& rec = *pool->workers_[op->index];
-        rec.watch_armed = false;
-        if (res != -ECANCELED) rec.death_seen = true;
-    }
-    pool->manager_work_.store(true, std::memory_order_relaxed);
-}
-
-void process_pool_impl::on_respawn_timer(timer_node* t) noexcept {
-    auto* timer = static_cast<worker_rec::respawn_timer*>(t);
-    timer->pool->workers_[timer->index]->respawn_due.store(true, std::memory_order_relaxed);
-    timer->pool->manager_work_.store(true, std::memory_order_relaxed);
-}
-
-void process_pool_impl::arm_watch(watch_op& op, int fd) {
-    io_uring_sqe* sqe = manager_.load(std::memory_order_relaxed)->get_sqe();
-    io_uring_prep_poll_add(sqe, fd, POLLIN);
-    io_uring_sqe_set_data(sqe, &op);
-}
-
-void process_pool_impl::manage() {
-    manager_work_.store(false, std::memory_order_relaxed);
-    std::lock_guard lock(mutex_);
-    if (socket_watch_armed_ == false && spawns_outstanding_ > 0) handle_replies();
-    for (std::uint32_t w = 0; w < workers_n_; ++w) {
-        worker_rec& rec = *workers_[w];
-        if (rec.death_seen) {
-            rec.death_seen = false;
-            handle_death(w);
-        }
-        if (!stopping_ && rec.respawn_due.exchange(false, std::memory_order_relaxed)) {
-            request_spawn(w);
-        }
-        if (rec.pidfd >= 0 && !rec.watch_armed) {
-            rec.watch_armed = true;
-            arm_watch(rec.watch, rec.pidfd);
-        }
-    }
-    if (spawns_outstanding_ > 0 && !socket_watch_armed_) {
-        socket_watch_armed_ = true;
-        arm_watch(socket_watch_, zygote_->socket());
-    }
-    pump();
-}
-
-void process_pool_impl::handle_death(std::uint32_t w) {
-    worker_rec& rec = *workers_[w];
-    exit_info info;
-    try {
-        info = zygote::reap(rec.pidfd);
-    } catch (const std::exception& e) {
-        info.description = std::string("ended (") + e.what() + ")";
-    }
-    ::close(rec.pidfd);
-    rec.pidfd = -1;
-    const pid_t pid = rec.pid;
-    rec.pid = -1;
-    shm::worker_area* area = view_.worker(w);
-    const bool was_ready = area->ready.load(std::memory_order_acquire) == 1;
-
-    // What it finished before dying, then what it had not started.
-    for (std::uint32_t l = 0; l < loops_n_; ++l) reap_ring(w, l);
-    std::vector<std::uint32_t> requeue;
-    const std::string died = "tandem: worker " + std::to_string(w) + " (pid " +
-                             std::to_string(pid) + ") " +
-                             (rec.killed ? rec.kill_reason + "; " : std::string()) +
-                             info.description + " while running the job";
-    for (std::uint32_t i = 0; i < plan_.slots; ++i) {
-        slot_rec& r = slots_[i];
-        if (!r.in_use || r.worker != static_cast<std::int32_t>(w)) continue;
-        const auto st = view_.slot(i)->state.load(std::memory_order_acquire);
-        if (st == shm::slot_state::done) {
-            finish_slot(i);
-            continue;
-        }
-        if (st == shm::slot_state::queued && r.job != nullptr) {
-            requeue.push_back(i);
-            continue;
-        }
-        --rec.inflight;
-        r.worker = -1;
-        loop_inflight_[r.loop].fetch_sub(1, std::memory_order_relaxed);
-        if (offload_job* job = r.job) {
-            job->slot = UINT32_MAX;
-            job->end = offload_job::outcome::crashed;
-            job->message = died;
-            deliver(*job);
-        }
-        free_slot(i);
-    }
-    std::sort(requeue.begin(), requeue.end(),
-              [&](std::uint32_t a, std::uint32_t b) { return slots_[a].seq > slots_[b].seq; });
-    for (std::uint32_t i : requeue) {
-        slots_[i].worker = -1;
-        --rec.inflight;
-        offload_job* job = slots_[i].job;
-        job->state = offload_job::phase::pending;
-        job->worker = -1;
-        pending_.push_front(job);
-    }
-
-    const bool retired = rec.st == worker_rec::state::retiring && !info.killed &&
-                         info.exit_status == 0 && !rec.killed;
-    if (was_ready) rec.failures = 0;
-    if (retired) {
-        ++stats_.recycled;
-    } else if (!was_ready) {
-        ++stats_.failed_starts;
-        ++rec.failures;
-        start_error_ =
-            !info.killed && info.exit_status == init_failed_status
-                ? std::string(area->init_error, strnlen(area->init_error, sizeof area->init_error))
-                : "worker " + std::to_string(w) + " " + info.description + " before it was ready";
-    } else if (!rec.killed) {
-        ++stats_.crashes;  // (a kill was counted when it was sent)
-    }
-    rec.killed = false;
-    rec.kill_reason.clear();
-    reset_worker_area(w);
-    if (stopping_) {
-        rec.st = worker_rec::state::dead;
-        return;
-    }
-    rec.replacement = true;
-    if (rec.failures >= max_start_attempts) {
-        rec.st = worker_rec::state::failed;
-    } else {
-        rec.st = worker_rec::state::starting;
-        if (rec.failures == 0) {
-            request_spawn(w);
-        } else {
-            // 10 ms, then 40 ms: a transient shortage (fork's EAGAIN) may pass.
-            rec.timer.deadline = std::chrono::steady_clock::now() +
-                                 std::chrono::milliseconds(10 << (2 * (rec.failures - 1)));
-            manager_.load(std::memory_order_relaxed)->timer_arm(&rec.timer);
-        }
-    }
-}
-
-void process_pool_impl::write_header() noexcept {
-    shm::arena_header* header = view_.header();
-    header->magic_word = shm::magic;
-    header->workers = workers_n_;
-    header->loops = loops_n_;
-    header->slots = plan_.slots;
-    header->max_jobs_per_worker = options_.max_jobs_per_worker;
-    header->workers_off = plan_.workers_off;
-    header->worker_stride = plan_.worker_stride;
-    header->slots_off = plan_.slots_off;
-    header->heap_off = plan_.heap_off;
-    header->heap_bytes = plan_.heap_bytes;
-    header->initializer = options_.initializer;
-    header->spin_ns = worker_spin_ns;
-    for (std::uint32_t l = 0; l < loops_n_; ++l) header->loop_fds[l] = 4 + static_cast<int>(l);
-}
-
-void process_pool_impl::reset_worker_area(std::uint32_t w) noexcept {
-    // A worker may have scribbled over the header too: the replacement
-    // starts from what the parent knows.
-    write_header();
-    shm::worker_area* area = view_.worker(w);
-    area->futex.store(0, std::memory_order_relaxed);
-    area->sleeping.store(0, std::memory_order_relaxed);
-    area->ready.store(0, std::memory_order_relaxed);
-    area->init_error[0] = '\0';
-    view_.submit_ring(w)->reset();
-    submit_tails_[w] = 0;
-    for (std::uint32_t l = 0; l < loops_n_; ++l) {
-        view_.done_ring(w, l)->reset();
-        done_heads_[w * loops_n_ + l].store(0, std::memory_order_relaxed);
-    }
-    workers_[w]->inflight = 0;
-    workers_[w]->dispatched = 0;
-}
-
-void process_pool_impl::request_spawn(std::uint32_t w) {
-    worker_rec& rec = *workers_[w];
-    if (const int err = zygote_->request_spawn(static_cast<int>(w)); err != 0) {
-        spawn_failed(w, std::string("the zygote cannot be reached: ") + std::strerror(err));
-        return;
-    }
-    rec.st = worker_rec::state::starting;
-    ++spawns_outstanding_;
-}
-
-void process_pool_impl::handle_replies() {
-    for (;;) {
-        zygote::reply answer{};
-        const ssize_t n = ::recv(zygote_->socket(), &answer, sizeof answer, MSG_DONTWAIT);
-        if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
-        if (n != sizeof answer) {
-            // The zygote is gone: no worker can be replaced any more.
-            spawns_outstanding_ = 0;
-            for (std::uint32_t w = 0; w < workers_n_; ++w) {
-                if (workers_[w]->st == worker_rec::state::starting) {
-                    workers_[w]->failures = max_start_attempts;
-                    spawn_failed(w, "the zygote process is gone");
-                }
-            }
-            return;
-        }
-        --spawns_outstanding_;
-        if (answer.index < 0 || static_cast<std::uint32_t>(answer.index) >= workers_n_) continue;
-        const auto w = static_cast<std::uint32_t>(answer.index);
-        worker_rec& rec = *workers_[w];
-        try {
-            spawn_result r = zygote::finish_spawn(answer);
-            rec.pid = r.pid;
-            rec.pidfd = r.pidfd;
-            rec.st = worker_rec::state::alive;
-            if (rec.replacement) ++stats_.replacements;
-            rec.replacement = false;
-            rec.watch_armed = true;
-            arm_watch(rec.watch, rec.pidfd);
-        } catch (const std::exception& e) {
-            ++rec.failures;
-            ++stats_.failed_starts;
-            spawn_failed(w, e.what());
-        }
-        if (spawns_outstanding_ == 0) return;
-    }
-}
-
-void process_pool_impl::spawn_failed(std::uint32_t w, const std::string& why) {
-    worker_rec& rec = *workers_[w];
-    start_error_ = why;
-    if (rec.failures >= max_start_attempts || stopping_) {
-        rec.st = worker_rec::state::failed;
-    } else {
-        rec.timer.deadline =
-            std::chrono::steady_clock::now() + std::chrono::milliseconds(10 << (2 * rec.failures));
-        manager_.load(std::memory_order_relaxed)->timer_arm(&rec.timer);
-    }
-}
-
-// ---- shared arrays and statistics -------------------------------------------------------------
-
-shared_block* process_pool_impl::allocate_shared(std::size_t bytes) {
-    std::size_t off = npos;
-    const std::size_t rounded = shm::align_up(bytes == 0 ? 1 : bytes, arena_heap::granule);
-    {
-        std::lock_guard lock(mutex_);
-        if (bytes <= SIZE_MAX / 2) off = heap_.allocate(rounded);
-        if (off == npos) {
-            throw payload_too_large("tandem: shared_array::allocate: no free block of " +
-                                    size_text(bytes) + " in the arena (" +
-                                    size_text(heap_.free_bytes()) + " free of " +
-                                    size_text(heap_.capacity()) + ")");
-        }
-    }
-    auto* block = new shared_block;
-    block->pool = this;
-    block->data = view_.base + off;
-    block->bytes = rounded;
-    std::memset(block->data, 0, rounded);
-    std::lock_guard lock(mutex_);
-    shared_.emplace(reinterpret_cast<std::uintptr_t>(block->data), block);
-    return block;
-}
-
-void process_pool_impl::free_shared(shared_block* block) noexcept {
-    {
-        std::lock_guard lock(mutex_);
-        shared_.erase(reinterpret_cast<std::uintptr_t>(block->data));
-        heap_.free(static_cast<std::size_t>(block->data - view_.base), block->bytes);
-        satisfy_waiters();
-    }
-    delete block;
-}
-
-shared_ref process_pool_impl::resolve_shared(std::uint64_t address, std::uint64_t bytes,
-                                             std::size_t align) {
-    std::lock_guard lock(mutex_);
-    auto it = shared_.find(static_cast<std::uintptr_t>(address));
-    if (it == shared_.end() || bytes > it->second->bytes || address % align != 0) {
-        throw_decode_error("a shared_array handle that names no live array of this pool");
-    }
-    it->second->refs.fetch_add(1, std::memory_order_relaxed);
-    return {it->second, it->second->data};
-}
-
-process_pool_stats process_pool_impl::stats() const {
-    std::lock_guard lock(mutex_);
-    process_pool_stats s = stats_;
-    s.workers_alive = 0;
-    for (const auto& rec : workers_) {
-        if (rec->pidfd >= 0) ++s.workers_alive;
-    }
-    return s;
-}
-
-// ---- offload_job and shared_array entry points ----------------------------------------------
-
-offload_job::offload_job(job_trampoline t, const void* fn, std::size_t fn_size)
-    : trampoline(t), callable(fn), callable_size(fn_size) {
-    pool = &current_pool("offload_to_process");
-    owner = this_thread_loop();
-    on_cancel = [](cancel_hook* h) noexcept {
-        auto* job = static_cast<offload_job*>(h);
-        job->pool->cancel(*job);
-    };
-}
-
-offload_job::~offload_job() {
-    unlink();
-    release();
-}
-
-void offload_job::release() noexcept {
-    if (slot != UINT32_MAX || state == phase::waiting) pool->abandon(*this);
-}
-
-bool offload_job::reserve_awaiter::await_ready() {
-    return job->pool->try_reserve(*job);
-}
-
-bool offload_job::suspend(std::coroutine_handle<> h, stop_node* node) {
-    handle = h;
-    if (node != nullptr && !node->link(this)) {
-        end = outcome::cancelled;
-        return false;
-    }
-    pool->wait_for_room(*this);
-    return true;
-}
-
-bool offload_job::dispatch(std::coroutine_handle<> h, stop_node* node) {
-    handle = h;
-    if (node != nullptr && !node->link(this)) {
-        end = outcome::cancelled;
-        return false;
-    }
-    if (!pool->send(*this)) {
-        unlink();
-        return false;
-    }
-    return true;
-}
-
-void offload_job::resume_or_throw() {
-    unlink();
-    const outcome o = end;
-    end = outcome::none;
-    switch (o) {
-        case outcome::none:
-        case outcome::value:
-            return;
-        case outcome::remote_error:
-            throw remote_error(message);
-        case outcome::crashed:
-            throw worker_crashed(message);
-        case outcome::cancelled:
-            throw operation_cancelled();
-        case outcome::too_large:
-            throw payload_too_large(message);
-    }
-}
-
-shared_block* shared_allocate(std::size_t bytes) {
-    if (in_worker()) {
-        throw std::logic_error(
-            "tandem: shared_array::allocate called in a worker; allocate in the parent");
-    }
-    return current_pool("shared_array::allocate").allocate_shared(bytes);
-}
-
-void shared_release(shared_block* block) noexcept {
-    if (block->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) block->pool->free_shared(block);
-}
-
-shared_ref shared_resolve(std::uint64_t address, std::uint64_t bytes, std::size_t align) {
-    if (in_worker()) return worker_resolve(address, bytes, align);
-    return current_pool("decoding a shared_array").resolve_shared(address, bytes, align);
 }
 
 }  // namespace tandem::detail

@@ -78,7 +78,13 @@ private:
         std::uint32_t index = 0;  // worker index, or UINT32_MAX for the zygote socket
     };
 
-    // All private members run under mutex_ unless they say otherwise.
+    // Construction steps.
+    void init_shared_state();
+    void init_parent_state();
+    void start_first_workers();
+    void start_populator(std::size_t from);
+
+    // All private members below run under mutex_ unless they say otherwise.
     bool grant_room(offload_job& job);
     void satisfy_waiters();
     void pump();
@@ -100,6 +106,9 @@ private:
     // The manager: loop 0 only.
     void manage();
     void handle_death(std::uint32_t w);
+    void reclaim_slots(std::uint32_t w, const std::string& died);
+    void count_death(std::uint32_t w, const exit_info& info, bool was_ready);
+    void replace_worker(std::uint32_t w);
     void handle_replies();
     void request_spawn(std::uint32_t w);
     void spawn_failed(std::uint32_t w, const std::string& why);
