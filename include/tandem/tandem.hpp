@@ -4,11 +4,13 @@
 /// \file
 /// Everything in tandem's public API.
 
+#include <tandem/address.hpp>
 #include <tandem/cancel.hpp>
 #include <tandem/codec.hpp>
 #include <tandem/combinators.hpp>
 #include <tandem/error.hpp>
 #include <tandem/file.hpp>
+#include <tandem/net.hpp>
 #include <tandem/process.hpp>
 #include <tandem/runtime.hpp>
 #include <tandem/task.hpp>

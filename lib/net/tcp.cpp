@@ -1,0 +1,383 @@
+// SPDX-License-Identifier: MIT
+#include <tandem/net.hpp>
+#include <tandem/time.hpp>
+
+#include "../uring_op.hpp"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <deque>
+#include <string>
+#include <system_error>
+#include <utility>
+
+namespace tandem {
+
+namespace {
+
+// One send or receive is capped below 2 GiB: the kernel's limit per call.
+constexpr std::size_t max_io = 0x7ffff000;
+
+[[noreturn]] void fail(int err, const std::string& what) {
+    throw std::system_error(err, std::system_category(), "tandem: " + what);
+}
+
+/// Submits what is queued, then cancels every operation on `fd` and waits for
+/// the kernel to confirm (their CQEs are then in the ring, reaped at the next
+/// turn). Submitting first matters: an operation still in the SQ would escape
+/// the cancel and later run on a closed, perhaps reused, fd number.
+void cancel_all_on(int fd) noexcept {
+    detail::loop* l = detail::this_thread_loop();
+    if (l == nullptr) {
+        ::shutdown(fd, SHUT_RDWR);  // off the loop: at least end what is pending
+        return;
+    }
+    io_uring_submit(l->ring());
+    io_uring_sync_cancel_reg reg{};
+    reg.fd = fd;
+    reg.flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
+    reg.timeout.tv_sec = -1;
+    reg.timeout.tv_nsec = -1;
+    if (io_uring_register_sync_cancel(l->ring(), &reg) < 0) ::shutdown(fd, SHUT_RDWR);
+}
+
+}  // namespace
+
+/// Counts an operation in flight on a stream, so close() knows to cancel.
+struct stream_op_guard {
+    explicit stream_op_guard(tcp_stream& s) noexcept : stream(s) { ++stream.pending_; }
+    ~stream_op_guard() { --stream.pending_; }
+    stream_op_guard(const stream_op_guard&) = delete;
+    stream_op_guard& operator=(const stream_op_guard&) = delete;
+    tcp_stream& stream;
+};
+
+// ---- tcp_stream -------------------------------------------------------------------------------
+
+tcp_stream::tcp_stream(tcp_stream&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), pending_(std::exchange(other.pending_, 0)) {}
+
+tcp_stream& tcp_stream::operator=(tcp_stream&& other) noexcept {
+    if (this != &other) {
+        close();
+        fd_ = std::exchange(other.fd_, -1);
+        pending_ = std::exchange(other.pending_, 0);
+    }
+    return *this;
+}
+
+tcp_stream::~tcp_stream() {
+    close();
+}
+
+void tcp_stream::close() noexcept {
+    if (fd_ < 0) return;
+    if (pending_ > 0) cancel_all_on(fd_);
+    ::close(fd_);
+    fd_ = -1;
+}
+
+namespace {
+
+task<tcp_stream> connect_to(address to) {
+    const int fd = ::socket(to.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) fail(errno, "socket for " + to.to_string());
+    tcp_stream stream(fd);  // closes the fd if anything below throws
+    if (to.family() != AF_UNIX) {
+        // Request-response clients: send small writes at once (no Nagle delay).
+        const int one = 1;
+        ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    }
+    const int r = co_await detail::uring_op(
+        [&](io_uring_sqe* sqe) { io_uring_prep_connect(sqe, fd, to.data(), to.size()); });
+    if (r < 0) fail(-r, "connect to " + to.to_string());
+    co_return stream;
+}
+
+}  // namespace
+
+task<tcp_stream> tcp_stream::connect(const address& to) {
+    return connect_to(to);  // the coroutine keeps its own copy of the address
+}
+
+task<std::size_t> tcp_stream::read_some(std::span<std::byte> buffer) {
+    if (fd_ < 0) fail(EBADF, "read_some on a closed stream");
+    const stream_op_guard guard(*this);
+    const int fd = fd_;
+    const std::size_t n = std::min(buffer.size(), max_io);
+    const int r = co_await detail::uring_op(
+        [&](io_uring_sqe* sqe) { io_uring_prep_recv(sqe, fd, buffer.data(), n, 0); });
+    if (r == -ECANCELED) throw operation_cancelled();  // close() cut it short
+    if (r < 0) fail(-r, "receive");
+    co_return static_cast<std::size_t>(r);
+}
+
+task<> tcp_stream::read_exact(std::span<std::byte> buffer) {
+    while (!buffer.empty()) {
+        const std::size_t n = co_await read_some(buffer);
+        if (n == 0) throw end_of_stream();
+        buffer = buffer.subspan(n);
+    }
+}
+
+task<> tcp_stream::write_all(std::span<const std::byte> data) {
+    while (!data.empty()) {
+        if (fd_ < 0) fail(EBADF, "write_all on a closed stream");
+        const stream_op_guard guard(*this);
+        const int fd = fd_;
+        const std::size_t n = std::min(data.size(), max_io);
+        // SEND with MSG_NOSIGNAL, never WRITE: a write to a vanished peer raises SIGPIPE.
+        const int r = co_await detail::uring_op(
+            [&](io_uring_sqe* sqe) { io_uring_prep_send(sqe, fd, data.data(), n, MSG_NOSIGNAL); });
+        if (r == -ECANCELED) throw operation_cancelled();
+        if (r < 0) fail(-r, "send");
+        data = data.subspan(static_cast<std::size_t>(r));
+    }
+}
+
+task<> tcp_stream::shutdown_write() {
+    if (fd_ < 0) fail(EBADF, "shutdown_write on a closed stream");
+    const stream_op_guard guard(*this);
+    const int fd = fd_;
+    const int r = co_await detail::uring_op(
+        [&](io_uring_sqe* sqe) { io_uring_prep_shutdown(sqe, fd, SHUT_WR); });
+    if (r < 0) fail(-r, "shutdown");
+}
+
+address tcp_stream::peer_address() const {
+    address a;
+    socklen_t len = sizeof(sockaddr_storage);
+    if (fd_ < 0 || ::getpeername(fd_, a.data(), &len) != 0) return {};
+    a.set_size(len);
+    return a;
+}
+
+// ---- tcp_listener -----------------------------------------------------------------------------
+
+namespace detail {
+
+struct accept_waiter : cancel_hook {
+    std::coroutine_handle<> handle;
+    accept_waiter* next = nullptr;
+    accept_waiter* prev = nullptr;
+    struct accept_state* state = nullptr;
+    int fd = -1;
+    int error = 0;
+    bool cancelled = false;
+    bool closed = false;  // the listener was closed while it waited
+};
+
+/// The listener's multishot accept: the completion the ring points at, the
+/// connections nobody asked for yet, and the tasks waiting. Heap-allocated so
+/// that it can outlive the listener until the kernel has let go of it.
+struct accept_state : completion {
+    int fd = -1;
+    loop* owner = nullptr;
+    bool armed = false;    // a multishot accept is in the kernel
+    bool closing = false;  // the listener is gone; delete on the last CQE
+    std::deque<int> ready;
+    int pending_error = 0;
+    accept_waiter* head = nullptr;
+    accept_waiter* tail = nullptr;
+
+    void push(accept_waiter* w) noexcept {
+        w->prev = tail;
+        w->next = nullptr;
+        (tail != nullptr ? tail->next : head) = w;
+        tail = w;
+    }
+    void remove(accept_waiter* w) noexcept {
+        (w->prev != nullptr ? w->prev->next : head) = w->next;
+        (w->next != nullptr ? w->next->prev : tail) = w->prev;
+        w->next = w->prev = nullptr;
+        w->state = nullptr;
+    }
+    /// Takes the first waiter off the list and schedules it (never resumes it inline).
+    bool wake_first(int fd_for_it, int error) noexcept {
+        accept_waiter* w = head;
+        if (w == nullptr) return false;
+        remove(w);
+        w->cancel_hook::unlink();
+        w->fd = fd_for_it;
+        w->error = error;
+        owner->schedule(w->handle);
+        return true;
+    }
+
+    /// Wakes the first waiter to tell it the listener is closed.
+    bool wake_closed() noexcept {
+        accept_waiter* w = head;
+        if (w == nullptr) return false;
+        remove(w);
+        w->cancel_hook::unlink();
+        w->closed = true;
+        owner->schedule(w->handle);
+        return true;
+    }
+
+    static void on_complete(completion* c, int res, std::uint32_t flags) noexcept {
+        auto* st = static_cast<accept_state*>(c);
+        const bool more = (flags & IORING_CQE_F_MORE) != 0;
+        if (!more) st->armed = false;
+        if (st->closing) {
+            if (res >= 0) ::close(res);
+            if (!more) delete st;
+            return;
+        }
+        if (res >= 0) {
+            if (!st->wake_first(res, 0)) st->ready.push_back(res);
+        } else if (!st->wake_first(-1, -res)) {
+            st->pending_error = -res;
+        }
+        // The multishot ended: someone has to arm it again, from a task (a
+        // completion callback must not take SQEs).
+        if (!more && res >= 0) st->wake_first(-1, 0);
+    }
+};
+
+/// `co_await` parks the task in the listener's FIFO of waiters.
+struct accept_wait {
+    accept_waiter* w;
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) {
+        w->handle = h;
+        if (stop_node* node = stop_of(h); node != nullptr) {
+            w->on_cancel = [](cancel_hook* hook) noexcept {
+                auto* self = static_cast<accept_waiter*>(hook);
+                if (self->state == nullptr) return;
+                accept_state* st = self->state;
+                st->remove(self);
+                self->cancelled = true;
+                st->owner->schedule(self->handle);
+            };
+            if (!node->link(w)) {  // already stopped: resume at once, cancelled
+                w->cancelled = true;
+                return false;
+            }
+        }
+        w->state->push(w);
+        return true;
+    }
+    void await_resume() const noexcept {}
+};
+
+}  // namespace detail
+
+tcp_listener::tcp_listener() noexcept = default;
+
+tcp_listener::tcp_listener(tcp_listener&& other) noexcept
+    : fd_(std::exchange(other.fd_, -1)), state_(std::exchange(other.state_, nullptr)) {}
+
+tcp_listener& tcp_listener::operator=(tcp_listener&& other) noexcept {
+    if (this != &other) {
+        close();
+        fd_ = std::exchange(other.fd_, -1);
+        state_ = std::exchange(other.state_, nullptr);
+    }
+    return *this;
+}
+
+tcp_listener::~tcp_listener() {
+    close();
+}
+
+tcp_listener tcp_listener::bind(const address& at, int backlog) {
+    const int fd = ::socket(at.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) fail(errno, "socket for " + at.to_string());
+    tcp_listener listener;
+    listener.fd_ = fd;
+    if (at.family() != AF_UNIX) {
+        const int one = 1;
+        ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    }
+    if (::bind(fd, at.data(), at.size()) != 0) fail(errno, "bind to " + at.to_string());
+    if (::listen(fd, backlog) != 0) fail(errno, "listen on " + at.to_string());
+    return listener;
+}
+
+address tcp_listener::local_address() const {
+    address a;
+    socklen_t len = sizeof(sockaddr_storage);
+    if (fd_ < 0 || ::getsockname(fd_, a.data(), &len) != 0) return {};
+    a.set_size(len);
+    return a;
+}
+
+task<tcp_stream> tcp_listener::accept() {
+    if (fd_ < 0) fail(EBADF, "accept on a closed listener");
+    if (state_ == nullptr) {
+        state_ = new detail::accept_state;
+        state_->fd = fd_;
+        state_->owner = &detail::require_loop("tcp_listener::accept");
+        state_->complete = &detail::accept_state::on_complete;
+    }
+    auto backoff = std::chrono::milliseconds(1);
+    for (;;) {
+        detail::accept_state* st = state_;
+        if (st == nullptr) throw operation_cancelled();  // closed meanwhile
+        if (!st->ready.empty()) {
+            const int fd = st->ready.front();
+            st->ready.pop_front();
+            co_return tcp_stream(fd);
+        }
+        int error = std::exchange(st->pending_error, 0);
+        if (error == 0) {
+            if (!st->armed) {
+                io_uring_sqe* sqe = st->owner->get_sqe();
+                io_uring_prep_multishot_accept(sqe, fd_, nullptr, nullptr, SOCK_CLOEXEC);
+                io_uring_sqe_set_data(sqe, static_cast<detail::completion*>(st));
+                st->armed = true;
+            }
+            detail::accept_waiter w;
+            w.state = st;
+            co_await detail::accept_wait{&w};
+            if (w.cancelled) throw operation_cancelled();
+            if (w.closed) throw operation_cancelled();
+            if (w.fd >= 0) co_return tcp_stream(w.fd);
+            error = w.error;
+            if (error == 0) continue;  // the multishot ended: arm it again
+        }
+        if (error == EMFILE || error == ENFILE || error == ENOBUFS || error == ENOMEM) {
+            // Out of fds (or memory): wait for some to be freed rather than spin.
+            co_await sleep_for(backoff);
+            backoff = std::min(backoff * 2, std::chrono::milliseconds(100));
+            continue;
+        }
+        fail(error, "accept on " + local_address().to_string());
+    }
+}
+
+void tcp_listener::close() noexcept {
+    if (detail::accept_state* st = std::exchange(state_, nullptr)) {
+        for (int fd : st->ready) ::close(fd);
+        st->ready.clear();
+        while (st->wake_closed()) {
+        }
+        if (st->armed) {
+            // The kernel still holds the multishot: cancel it; its last CQE
+            // frees the state (and closes any fd accepted meanwhile).
+            st->closing = true;
+            if (detail::this_thread_loop() == st->owner) {
+                io_uring_submit(st->owner->ring());
+                io_uring_sync_cancel_reg reg{};
+                reg.addr = reinterpret_cast<std::uint64_t>(static_cast<detail::completion*>(st));
+                reg.timeout.tv_sec = -1;
+                reg.timeout.tv_nsec = -1;
+                io_uring_register_sync_cancel(st->owner->ring(), &reg);
+            }
+        } else {
+            delete st;
+        }
+    }
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = -1;
+}
+
+}  // namespace tandem

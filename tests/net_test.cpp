@@ -1,0 +1,419 @@
+// SPDX-License-Identifier: MIT
+
+// TCP over io_uring with real sockets on 127.0.0.1: an echo server and
+// thousands of clients in one process, refused connections, writes to a
+// vanished peer (no SIGPIPE), a peer reset, cancelled and closed pending
+// receives, the multishot accept holding early connections, and fd leaks over
+// many connect/close cycles.
+
+#include <tandem/tandem.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <optional>
+#include <stop_token>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+extern char** environ;
+
+namespace {
+
+using namespace std::chrono_literals;
+
+tandem::runtime_options options(unsigned io_threads = 1) {
+    tandem::runtime_options o;
+    o.io_threads = io_threads;
+    o.processes.enabled = false;  // no process pool needed here
+    return o;
+}
+
+std::size_t open_fds() {
+    std::size_t n = 0;
+    if (DIR* dir = ::opendir("/proc/self/fd")) {
+        while (dirent* e = ::readdir(dir)) n += e->d_name[0] != '.' ? 1 : 0;
+        ::closedir(dir);
+    }
+    return n;
+}
+
+/// Enough fds for thousands of connections (each costs two here).
+void raise_fd_limit() {
+    rlimit limit{};
+    ::getrlimit(RLIMIT_NOFILE, &limit);
+    limit.rlim_cur = limit.rlim_max;
+    ::setrlimit(RLIMIT_NOFILE, &limit);
+}
+
+std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
+    std::vector<std::byte> v(n);
+    std::uint32_t x = seed * 2654435761u + 1;
+    for (auto& b : v) b = static_cast<std::byte>((x = x * 1664525u + 1013904223u) >> 24);
+    return v;
+}
+
+/// Echoes until the client shuts down its side, then closes.
+tandem::task<> echo_connection(tandem::tcp_stream s) {
+    std::vector<std::byte> buf(16 * 1024);
+    for (;;) {
+        const std::size_t n = co_await s.read_some(buf);
+        if (n == 0) break;
+        co_await s.write_all(std::span(buf).first(n));
+    }
+}
+
+tandem::task<> echo_server(tandem::tcp_listener* listener, int connections) {
+    tandem::task_group group;
+    for (int i = 0; i < connections; ++i) group.spawn(echo_connection(co_await listener->accept()));
+    co_await group.join();
+}
+
+tandem::task<bool> echo_client(tandem::address to, unsigned seed, std::size_t bytes) {
+    tandem::tcp_stream s = co_await tandem::tcp_stream::connect(to);
+    const auto sent = pattern(bytes, seed);
+    std::vector<std::byte> back(bytes);
+    // Write and read at once: a large message would fill both socket buffers otherwise.
+    auto writer = [](tandem::tcp_stream* s, const std::vector<std::byte>* data) -> tandem::task<> {
+        co_await s->write_all(*data);
+        co_await s->shutdown_write();
+    };
+    co_await tandem::when_all(writer(&s, &sent), s.read_exact(back));
+    std::byte extra[1];
+    const std::size_t after = co_await s.read_some(extra);  // then end of stream
+    co_return back == sent&& after == 0;
+}
+
+tandem::task<int> echo_many(int connections, std::size_t bytes) {
+    auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
+    const tandem::address at = listener.local_address();
+    std::vector<tandem::task<bool>> clients;
+    for (int i = 0; i < connections; ++i) {
+        clients.push_back(echo_client(at, static_cast<unsigned>(i), bytes));
+    }
+    auto [ok, server] = co_await tandem::when_all(tandem::when_all(std::move(clients)),
+                                                  echo_server(&listener, connections));
+    (void)server;
+    int good = 0;
+    for (bool b : ok) good += b ? 1 : 0;
+    co_return good;
+}
+
+template <class T>
+tandem::task<std::optional<std::string>> error_of(tandem::task<T> t) {
+    try {
+        co_await std::move(t);
+    } catch (const std::system_error& e) {
+        co_return "system_error " + std::to_string(e.code().value()) + ": " + e.what();
+    } catch (const std::exception& e) {
+        co_return std::string(typeid(e).name()) + ": " + e.what();
+    }
+    co_return std::nullopt;
+}
+
+}  // namespace
+
+TEST_CASE("2,000 concurrent echo connections deliver every byte, on one io thread", "[net]") {
+    raise_fd_limit();
+    const std::size_t before = open_fds();
+    CHECK(tandem::run(echo_many(2000, 1024), options(1)) == 2000);
+    CHECK(open_fds() == before);
+}
+
+TEST_CASE("echo connections with large messages deliver every byte, on two io threads", "[net]") {
+    raise_fd_limit();
+    tandem::runtime rt(options(2));
+    // Two servers, one per loop, each with its own clients: loops do not share sockets.
+    std::atomic<int> good{0};
+    std::thread other([&] { good += rt.block_on(echo_many(200, 256 * 1024)); });
+    good += rt.block_on(echo_many(200, 256 * 1024));
+    other.join();
+    CHECK(good.load() == 400);
+}
+
+TEST_CASE("connecting to a closed port throws ECONNREFUSED naming the address", "[net]") {
+    auto refused = []() -> tandem::task<std::optional<std::string>> {
+        tandem::address at;
+        {
+            auto l = tandem::tcp_listener::bind(tandem::address::loopback(0));
+            at = l.local_address();
+        }  // closed: nobody listens there now
+        co_return co_await error_of(tandem::tcp_stream::connect(at));
+    };
+    const auto err = tandem::run(refused(), options());
+    REQUIRE(err);
+    CHECK_THAT(*err, Catch::StartsWith("system_error " + std::to_string(ECONNREFUSED)));
+    CHECK_THAT(*err, Catch::Contains("127.0.0.1:"));
+}
+
+namespace {
+/// The server accepts and closes at once (after `linger_reset`: with an RST).
+tandem::task<std::optional<std::string>> talk_to_vanished_peer(bool linger_reset, bool write) {
+    auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
+    tandem::tcp_stream client = co_await tandem::tcp_stream::connect(listener.local_address());
+    {
+        tandem::tcp_stream server = co_await listener.accept();
+        if (linger_reset) {
+            const linger l{1, 0};
+            ::setsockopt(server.native_handle(), SOL_SOCKET, SO_LINGER, &l, sizeof l);
+        }
+    }
+    co_await tandem::sleep_for(10ms);  // the FIN or RST arrives
+    auto keep_talking = [](tandem::tcp_stream* s, bool write) -> tandem::task<> {
+        std::vector<std::byte> data(64 * 1024);
+        for (int i = 0; i < 1000; ++i) {
+            if (write) {
+                co_await s->write_all(data);
+            } else if (co_await s->read_some(data) == 0) {
+                throw tandem::end_of_stream();
+            }
+        }
+    };
+    co_return co_await error_of(keep_talking(&client, write));
+}
+}  // namespace
+
+TEST_CASE("writing to a peer that closed gives EPIPE or ECONNRESET, and no SIGPIPE", "[net]") {
+    const auto err = tandem::run(talk_to_vanished_peer(false, true), options());
+    REQUIRE(err);
+    const bool expected = err->find("system_error " + std::to_string(EPIPE)) == 0 ||
+                          err->find("system_error " + std::to_string(ECONNRESET)) == 0;
+    CHECK(expected);
+    CAPTURE(*err);
+}
+
+TEST_CASE("a peer reset (SO_LINGER 0) fails the next receive with ECONNRESET", "[net]") {
+    const auto err = tandem::run(talk_to_vanished_peer(true, false), options());
+    REQUIRE(err);
+    CHECK_THAT(*err, Catch::StartsWith("system_error " + std::to_string(ECONNRESET)));
+}
+
+namespace {
+tandem::task<std::string> cancelled_then_used() {
+    auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
+    tandem::tcp_stream client = co_await tandem::tcp_stream::connect(listener.local_address());
+    tandem::tcp_stream server = co_await listener.accept();
+    std::byte buf[16];
+    // Nothing to read: the receive is pending in the kernel when the timeout cancels it.
+    auto err = co_await error_of(tandem::timeout(20ms, client.read_some(buf)));
+    std::string out = err.value_or("no error");
+    const std::byte hello[] = {std::byte{'h'}, std::byte{'i'}};
+    co_await server.write_all(hello);
+    const std::size_t n = co_await client.read_some(buf);
+    out += n == 2 && buf[0] == std::byte{'h'} ? " | then read 2" : " | then read wrong";
+    co_return out;
+}
+
+tandem::task<std::string> closed_while_receiving() {
+    auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
+    tandem::tcp_stream client = co_await tandem::tcp_stream::connect(listener.local_address());
+    tandem::tcp_stream server = co_await listener.accept();
+    auto reader = [](tandem::tcp_stream* s) -> tandem::task<std::optional<std::string>> {
+        std::byte buf[16];
+        co_return co_await error_of(s->read_some(buf));
+    };
+    auto closer = [](tandem::tcp_stream* s) -> tandem::task<> {
+        co_await tandem::sleep_for(20ms);
+        s->close();
+    };
+    auto [err, done] = co_await tandem::when_all(reader(&client), closer(&client));
+    (void)done;
+    co_return err.value_or("no error");
+}
+}  // namespace
+
+TEST_CASE("a pending receive cancelled by a timeout leaves the stream usable", "[net]") {
+    const std::string out = tandem::run(cancelled_then_used(), options());
+    CHECK_THAT(out, Catch::Contains("timed_out"));
+    CHECK_THAT(out, Catch::EndsWith("then read 2"));
+}
+
+TEST_CASE("closing a stream with a receive pending ends that receive instead of hanging", "[net]") {
+    CHECK_THAT(tandem::run(closed_while_receiving(), options()),
+               Catch::Contains("operation_cancelled"));
+}
+
+namespace {
+tandem::task<int> early_connections(int n) {
+    auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
+    std::vector<tandem::tcp_stream> clients;
+    // Arm the multishot accept, then let n connections arrive before anyone asks.
+    auto first = [](tandem::tcp_listener* l) -> tandem::task<tandem::tcp_stream> {
+        co_return co_await l->accept();
+    };
+    auto [accepted, c] = co_await tandem::when_all(
+        first(&listener), tandem::tcp_stream::connect(listener.local_address()));
+    for (int i = 0; i < n; ++i) {
+        clients.push_back(co_await tandem::tcp_stream::connect(listener.local_address()));
+    }
+    co_await tandem::sleep_for(20ms);
+    int got = 0;
+    for (int i = 0; i < n; ++i) got += (co_await listener.accept()).is_open() ? 1 : 0;
+    co_return got + (accepted.is_open() && c.is_open() ? 1 : 0);
+}
+
+tandem::task<> connect_close_cycles(int n) {
+    auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
+    auto server = [](tandem::tcp_listener* l, int n) -> tandem::task<> {
+        for (int i = 0; i < n; ++i) (void)co_await l->accept();
+    };
+    auto clients = [](tandem::address at, int n) -> tandem::task<> {
+        for (int i = 0; i < n; ++i) {
+            tandem::tcp_stream s = co_await tandem::tcp_stream::connect(at);
+            s.close();
+        }
+    };
+    co_await tandem::when_all(server(&listener, n), clients(listener.local_address(), n));
+}
+}  // namespace
+
+TEST_CASE("connections that arrive before accept() is called are held and handed out", "[net]") {
+    CHECK(tandem::run(early_connections(50), options()) == 51);
+}
+
+TEST_CASE("10,000 connect/close cycles leak no fd", "[net]") {
+    const std::size_t before = open_fds();
+    tandem::run(connect_close_cycles(10'000), options());
+    CHECK(open_fds() == before);
+}
+
+TEST_CASE("read_exact throws end_of_stream when the peer ends early; read_some returns 0",
+          "[net]") {
+    auto body = []() -> tandem::task<std::string> {
+        auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
+        tandem::tcp_stream client = co_await tandem::tcp_stream::connect(listener.local_address());
+        tandem::tcp_stream server = co_await listener.accept();
+        const std::byte three[3] = {};
+        co_await server.write_all(three);
+        co_await server.shutdown_write();
+        std::byte buf[8];
+        auto err = co_await error_of(client.read_exact(buf));
+        const std::size_t after = co_await client.read_some(buf);
+        co_return err.value_or("no error") + " | then " + std::to_string(after);
+    };
+    const std::string out = tandem::run(body(), options());
+    CHECK_THAT(out, Catch::Contains("end_of_stream"));
+    CHECK_THAT(out, Catch::EndsWith("then 0"));
+}
+
+// ---- EMFILE on accept ---------------------------------------------------------------------------
+
+namespace {
+
+bool started_as_child() {
+    return std::getenv("TANDEM_NET_TEST_CHILD") != nullptr;
+}
+
+/// Accepts one connection while the fd table is full, then frees one fd after
+/// 50 ms: accept() must back off and succeed then. Exit status 0 on success.
+tandem::task<int> accept_when_out_of_fds(tandem::tcp_listener* listener, std::vector<int>* filler) {
+    auto free_one_later = [](std::vector<int>* fds) -> tandem::task<> {
+        co_await tandem::sleep_for(50ms);
+        ::close(fds->back());
+        fds->pop_back();
+    };
+    auto accept_one = [](tandem::tcp_listener* l) -> tandem::task<bool> {
+        tandem::tcp_stream s = co_await tandem::timeout(10s, l->accept());
+        co_return s.is_open();
+    };
+    auto [ok, freed] = co_await tandem::when_all(accept_one(listener), free_one_later(filler));
+    (void)freed;
+    co_return ok ? 0 : 1;
+}
+
+}  // namespace
+
+TEST_CASE("child: accepts while out of fds", "[.child_emfile]") {
+    if (!started_as_child()) return;
+    tandem::runtime rt(options());
+    auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
+    const std::string port = std::to_string(listener.local_address().port()) + "\n";
+    (void)!::write(STDOUT_FILENO, port.data(), port.size());
+    // Wait for the parent's connection to be queued in the backlog, then fill the table.
+    char go;
+    if (::read(STDIN_FILENO, &go, 1) != 1) ::_exit(2);
+    rlimit limit{};
+    ::getrlimit(RLIMIT_NOFILE, &limit);
+    limit.rlim_cur = open_fds() + 8;
+    ::setrlimit(RLIMIT_NOFILE, &limit);
+    std::vector<int> filler;
+    for (int fd; (fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC)) >= 0;) filler.push_back(fd);
+    if (errno != EMFILE) ::_exit(3);
+    const int status = rt.block_on(accept_when_out_of_fds(&listener, &filler));
+    ::_exit(status);
+}
+
+TEST_CASE("accept() waits out EMFILE and succeeds once an fd is free", "[net]") {
+    int to_child[2], from_child[2];
+    REQUIRE(::pipe(to_child) == 0);
+    REQUIRE(::pipe(from_child) == 0);
+    static char marker[] = "TANDEM_NET_TEST_CHILD=1";
+    std::vector<char*> env;
+    for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
+    env.push_back(marker);
+    env.push_back(nullptr);
+    std::fflush(nullptr);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::dup2(to_child[0], STDIN_FILENO);
+        ::dup2(from_child[1], STDOUT_FILENO);
+        ::execle("/proc/self/exe", "net_test", "[.child_emfile]", "--out", "/dev/null",
+                 static_cast<char*>(nullptr), env.data());
+        ::_exit(127);
+    }
+    ::close(to_child[0]);
+    ::close(from_child[1]);
+    char buf[32] = {};
+    const ssize_t n = ::read(from_child[0], buf, sizeof buf - 1);
+    REQUIRE(n > 0);
+    const int port = std::atoi(buf);
+    const int client = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<std::uint16_t>(port));
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    CHECK(::connect(client, reinterpret_cast<const sockaddr*>(&to), sizeof to) == 0);
+    (void)!::write(to_child[1], "g", 1);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    ::close(client);
+    ::close(to_child[1]);
+    ::close(from_child[0]);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("accept() in a task already cancelled throws operation_cancelled at once", "[net]") {
+    auto body = []() -> tandem::task<std::string> {
+        auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
+        // when_any cancels the accept as soon as the other task finishes.
+        auto r = co_await tandem::when_any(listener.accept(), tandem::yield());
+        co_return r.index() == 1 ? "yield won" : "accept won";
+    };
+    CHECK(tandem::run(body(), options()) == "yield won");
+    auto cancelled_first = []() -> tandem::task<std::optional<std::string>> {
+        auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
+        std::stop_source stop;
+        stop.request_stop();
+        co_return co_await error_of(tandem::with_stop_token(stop.get_token(), listener.accept()));
+    };
+    const auto err = tandem::run(cancelled_first(), options());
+    REQUIRE(err);
+    CHECK_THAT(*err, Catch::Contains("operation_cancelled"));
+}
