@@ -417,3 +417,54 @@ TEST_CASE("accept() in a task already cancelled throws operation_cancelled at on
     REQUIRE(err);
     CHECK_THAT(*err, Catch::Contains("operation_cancelled"));
 }
+
+// ---- Unix-domain streams and UDP --------------------------------------------------------------
+
+TEST_CASE("tcp_stream and tcp_listener work on a unix: address", "[net]") {
+    const std::string path = "/tmp/tandem-net-test-" + std::to_string(::getpid()) + ".sock";
+    ::unlink(path.c_str());
+    auto body = [](std::string path) -> tandem::task<bool> {
+        auto listener = tandem::tcp_listener::bind(tandem::address::parse("unix:" + path));
+        const tandem::address at = listener.local_address();
+        auto [ok, server] =
+            co_await tandem::when_all(echo_client(at, 7, 100'000), echo_server(&listener, 1));
+        (void)server;
+        co_return ok&& at.to_string() == "unix:" + path;
+    };
+    CHECK(tandem::run(body(path), options()));
+    ::unlink(path.c_str());
+}
+
+namespace {
+tandem::task<std::string> udp_round_trip() {
+    auto server = tandem::udp_socket::bind(tandem::address::loopback(0));
+    auto client = tandem::udp_socket::bind(tandem::address::loopback(0));
+    auto echo_once = [](tandem::udp_socket* s) -> tandem::task<> {
+        std::byte buf[2048];
+        tandem::address from;
+        const std::size_t n = co_await s->receive_from(buf, from);
+        co_await s->send_to(std::span(buf, n), from);
+    };
+    const auto sent = pattern(1200, 3);
+    std::vector<std::byte> back(2048);
+    tandem::address from;
+    auto [served, sent_n, got] =
+        co_await tandem::when_all(echo_once(&server), client.send_to(sent, server.local_address()),
+                                  client.receive_from(back, from));
+    (void)served;
+    back.resize(got);
+    std::string out = sent_n == 1200 && back == sent ? "echoed" : "wrong";
+    out += from == server.local_address() ? " from the server" : " from elsewhere";
+    // A receive with nothing to read, cut short by a timeout, then closed.
+    auto err = co_await error_of(tandem::timeout(20ms, client.receive_from(back, from)));
+    out += " | " + err.value_or("no error");
+    co_return out;
+}
+}  // namespace
+
+TEST_CASE("udp_socket sends and receives datagrams with their sender; receives are cancellable",
+          "[net]") {
+    const std::string out = tandem::run(udp_round_trip(), options());
+    CHECK_THAT(out, Catch::StartsWith("echoed from the server"));
+    CHECK_THAT(out, Catch::Contains("timed_out"));
+}

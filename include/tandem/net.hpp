@@ -2,8 +2,10 @@
 #pragma once
 
 /// \file
-/// TCP over io_uring: `tcp_stream` (connect, read, write, shutdown, close) and `tcp_listener`
-/// (bind, multishot accept). Addresses and name resolution are in <tandem/address.hpp>.
+/// Sockets over io_uring: `tcp_stream` (connect, read, write, shutdown, close), `tcp_listener`
+/// (bind, multishot accept) and `udp_socket` (send_to, receive_from). Unix-domain stream
+/// sockets are a tcp_stream/tcp_listener with a `unix:` address. Addresses and name resolution
+/// are in <tandem/address.hpp>.
 ///
 /// Common rules:
 /// - Threads: a socket belongs to the loop of the task that made it (connect, accept, bind);
@@ -107,6 +109,40 @@ public:
 private:
     int fd_ = -1;
     detail::accept_state* state_ = nullptr;  // made by the first accept()
+};
+
+/// A UDP socket. Move-only; the destructor closes it. Datagrams keep their boundaries: a
+/// receive returns one datagram (truncated to the buffer if it is larger).
+class udp_socket {
+public:
+    udp_socket() noexcept = default;
+    udp_socket(udp_socket&& other) noexcept;
+    udp_socket& operator=(udp_socket&& other) noexcept;
+    udp_socket(const udp_socket&) = delete;
+    udp_socket& operator=(const udp_socket&) = delete;
+    ~udp_socket();  // close()
+
+    /// A socket bound to `at` (port 0 picks a free port). Throws std::system_error naming the
+    /// address. Not a coroutine: call it anywhere; send and receive on a loop thread.
+    static udp_socket bind(const address& at);
+
+    address local_address() const;
+
+    /// Sends one datagram to `to` (IORING_OP_SENDMSG); returns the bytes sent.
+    task<std::size_t> send_to(std::span<const std::byte> data, const address& to);
+    /// Waits for one datagram (IORING_OP_RECVMSG); stores its sender in `from` and returns its
+    /// size, at most `buffer.size()` (the rest of a larger datagram is dropped). `from` must
+    /// stay valid until the co_await returns.
+    task<std::size_t> receive_from(std::span<std::byte> buffer, address& from);
+
+    /// Closes the socket; pending operations are cancelled first (as tcp_stream::close).
+    void close() noexcept;
+    int native_handle() const noexcept { return fd_; }
+
+private:
+    friend struct udp_op_guard;
+    int fd_ = -1;
+    unsigned pending_ = 0;
 };
 
 }  // namespace tandem

@@ -3,6 +3,7 @@
 #include <tandem/time.hpp>
 
 #include "../uring_op.hpp"
+#include "cancel_fd.hpp"
 
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -28,10 +29,12 @@ constexpr std::size_t max_io = 0x7ffff000;
     throw std::system_error(err, std::system_category(), "tandem: " + what);
 }
 
-/// Submits what is queued, then cancels every operation on `fd` and waits for
-/// the kernel to confirm (their CQEs are then in the ring, reaped at the next
-/// turn). Submitting first matters: an operation still in the SQ would escape
-/// the cancel and later run on a closed, perhaps reused, fd number.
+}  // namespace
+
+namespace detail {
+
+// Submitting first matters: an operation still in the SQ would escape the
+// cancel and later run on a closed, perhaps reused, fd number.
 void cancel_all_on(int fd) noexcept {
     detail::loop* l = detail::this_thread_loop();
     if (l == nullptr) {
@@ -47,7 +50,7 @@ void cancel_all_on(int fd) noexcept {
     if (io_uring_register_sync_cancel(l->ring(), &reg) < 0) ::shutdown(fd, SHUT_RDWR);
 }
 
-}  // namespace
+}  // namespace detail
 
 /// Counts an operation in flight on a stream, so close() knows to cancel.
 struct stream_op_guard {
@@ -78,7 +81,7 @@ tcp_stream::~tcp_stream() {
 
 void tcp_stream::close() noexcept {
     if (fd_ < 0) return;
-    if (pending_ > 0) cancel_all_on(fd_);
+    if (pending_ > 0) detail::cancel_all_on(fd_);
     ::close(fd_);
     fd_ = -1;
 }
