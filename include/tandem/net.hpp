@@ -99,6 +99,7 @@ public:
     address local_address() const;
 
     /// The next connection. Tasks waiting together are served in FIFO order. Cancellable.
+    /// Every accept() of a listener must come from the same loop (it aborts otherwise).
     task<tcp_stream> accept();
 
     /// Stops accepting and closes the socket; connections accepted but not handed out are

@@ -315,11 +315,15 @@ address tcp_listener::local_address() const {
 
 task<tcp_stream> tcp_listener::accept() {
     if (fd_ < 0) fail(EBADF, "accept on a closed listener");
+    detail::loop& here = detail::require_loop("tcp_listener::accept");
     if (state_ == nullptr) {
         state_ = new detail::accept_state;
         state_->fd = fd_;
-        state_->owner = &detail::require_loop("tcp_listener::accept");
+        state_->owner = &here;
         state_->complete = &detail::accept_state::on_complete;
+    } else if (state_->owner != &here) {
+        // Its multishot accept lives on the first loop's ring and wakes tasks there.
+        detail::contract_violation("tcp_listener::accept called from another loop than the first");
     }
     auto backoff = std::chrono::milliseconds(1);
     for (;;) {
