@@ -10,6 +10,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "support.hpp"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -31,8 +33,6 @@
 #include <thread>
 #include <vector>
 
-extern char** environ;
-
 namespace {
 
 using namespace std::chrono_literals;
@@ -45,12 +45,7 @@ tandem::runtime_options options(unsigned io_threads = 1) {
 }
 
 std::size_t open_fds() {
-    std::size_t n = 0;
-    if (DIR* dir = ::opendir("/proc/self/fd")) {
-        while (dirent* e = ::readdir(dir)) n += e->d_name[0] != '.' ? 1 : 0;
-        ::closedir(dir);
-    }
-    return n;
+    return dir_entries("/proc/self/fd").size();
 }
 
 /// Enough fds for thousands of connections (each costs two here).
@@ -369,21 +364,9 @@ TEST_CASE("accept() waits out EMFILE and succeeds once an fd is free", "[net]") 
     int to_child[2], from_child[2];
     REQUIRE(::pipe(to_child) == 0);
     REQUIRE(::pipe(from_child) == 0);
-    static char marker[] = "TANDEM_NET_TEST_CHILD=1";
-    std::vector<char*> env;
-    for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
-    env.push_back(marker);
-    env.push_back(nullptr);
-    std::fflush(nullptr);
-    const pid_t pid = ::fork();
+    const pid_t pid =
+        start_self("[.child_emfile]", "TANDEM_NET_TEST_CHILD=1", to_child[0], from_child[1]);
     REQUIRE(pid >= 0);
-    if (pid == 0) {
-        ::dup2(to_child[0], STDIN_FILENO);
-        ::dup2(from_child[1], STDOUT_FILENO);
-        ::execle("/proc/self/exe", "net_test", "[.child_emfile]", "--out", "/dev/null",
-                 static_cast<char*>(nullptr), env.data());
-        ::_exit(127);
-    }
     ::close(to_child[0]);
     ::close(from_child[1]);
     char buf[32] = {};

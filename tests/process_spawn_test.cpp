@@ -10,6 +10,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "support.hpp"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <linux/futex.h>
@@ -45,18 +47,6 @@ using tandem::detail::shared_arena;
 using tandem::detail::zygote;
 
 constexpr std::size_t mib = std::size_t{1} << 20;
-
-std::set<std::string> dir_entries(const char* path) {
-    std::set<std::string> names;
-    DIR* dir = ::opendir(path);
-    if (dir == nullptr) return names;
-    while (dirent* entry = ::readdir(dir)) {
-        const std::string name = entry->d_name;
-        if (name != "." && name != ".." && name != std::to_string(::dirfd(dir))) names.insert(name);
-    }
-    ::closedir(dir);
-    return names;
-}
 
 std::set<std::string> open_fds_of(pid_t pid) {
     return dir_entries(("/proc/" + std::to_string(pid) + "/fd").c_str());

@@ -15,6 +15,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "support.hpp"
+
 #include <dirent.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -42,8 +44,6 @@
 #include <thread>
 #include <tuple>
 #include <vector>
-
-extern char** environ;
 
 namespace {
 
@@ -193,18 +193,6 @@ struct tandem::codec<bomb> {
 namespace {
 
 // ---- process and fd bookkeeping --------------------------------------------------------------
-
-std::set<std::string> dir_entries(const char* path) {
-    std::set<std::string> names;
-    DIR* dir = ::opendir(path);
-    if (dir == nullptr) return names;
-    while (dirent* entry = ::readdir(dir)) {
-        const std::string name = entry->d_name;
-        if (name != "." && name != ".." && name != std::to_string(::dirfd(dir))) names.insert(name);
-    }
-    ::closedir(dir);
-    return names;
-}
 
 /// The children of this process, from every thread's /proc children list.
 std::set<pid_t> children() {
@@ -883,20 +871,9 @@ TEST_CASE("when the parent is SIGKILLed, the zygote and every worker exit within
           "[process]") {
     int out[2];
     REQUIRE(::pipe(out) == 0);
-    static char marker[] = "TANDEM_PROCESS_TEST_CHILD=1";
-    std::vector<char*> env;
-    for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
-    env.push_back(marker);
-    env.push_back(nullptr);
-    std::fflush(nullptr);
-    const pid_t pid = ::fork();
+    const pid_t pid =
+        start_self("[.child_pool_then_wait]", "TANDEM_PROCESS_TEST_CHILD=1", -1, out[1]);
     REQUIRE(pid >= 0);
-    if (pid == 0) {
-        ::dup2(out[1], STDOUT_FILENO);
-        ::execle("/proc/self/exe", "process_test", "[.child_pool_then_wait]", "--out", "/dev/null",
-                 static_cast<char*>(nullptr), env.data());
-        ::_exit(127);
-    }
     ::close(out[1]);
     std::string text;
     char buf[256];
@@ -928,19 +905,8 @@ namespace {
 /// (a seccomp filter cannot be removed, and TSan wants no fork of a threaded
 /// process); returns its wait status.
 int in_fresh_process(const char* tag) {
-    static char marker[] = "TANDEM_PROCESS_TEST_CHILD=1";
-    std::vector<char*> env;
-    for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
-    env.push_back(marker);
-    env.push_back(nullptr);
-    std::fflush(nullptr);
-    const pid_t pid = ::fork();
+    const pid_t pid = start_self(tag, "TANDEM_PROCESS_TEST_CHILD=1");
     REQUIRE(pid >= 0);
-    if (pid == 0) {
-        ::execle("/proc/self/exe", "process_test", tag, "--out", "/dev/null",
-                 static_cast<char*>(nullptr), env.data());
-        ::_exit(127);
-    }
     int status = 0;
     REQUIRE(::waitpid(pid, &status, 0) == pid);
     return status;

@@ -3,8 +3,16 @@
 
 // Helpers shared by the test binaries; tests/main.cpp is linked into each of them.
 
+#include <dirent.h>
+#include <unistd.h>
+
 #include <cstdio>
 #include <cstdlib>
+#include <set>
+#include <string>
+#include <vector>
+
+extern char** environ;
 
 /// Reports the whole test binary as skipped and exits with meson's skip code (77).
 ///
@@ -21,4 +29,41 @@
     std::fflush(stdout);
     std::fprintf(stderr, "skipped: %s\n", reason);
     std::exit(77);
+}
+
+/// The names in directory `path` (without ".", ".." and the fd reading it): open fds from
+/// /proc/self/fd, tasks from /proc/self/task, entries of /dev/shm.
+inline std::set<std::string> dir_entries(const char* path) {
+    std::set<std::string> names;
+    DIR* dir = ::opendir(path);
+    if (dir == nullptr) return names;
+    while (dirent* entry = ::readdir(dir)) {
+        const std::string name = entry->d_name;
+        if (name != "." && name != ".." && name != std::to_string(::dirfd(dir))) names.insert(name);
+    }
+    ::closedir(dir);
+    return names;
+}
+
+/// Starts this test binary again (fork + exec: TSan supports threads only in a fresh image)
+/// running only the hidden test case `tag`, with `env_marker` ("NAME=1") added to the
+/// environment so the case knows it is the child. `stdin_fd` / `stdout_fd`, if not -1, become
+/// the child's stdin / stdout. Returns the child's pid (-1 if fork failed); the caller waits.
+inline pid_t start_self(const char* tag, const char* env_marker, int stdin_fd = -1,
+                        int stdout_fd = -1) {
+    std::string marker = env_marker;  // built before fork: the child only execs
+    std::vector<char*> env;
+    for (char** e = environ; *e != nullptr; ++e) env.push_back(*e);
+    env.push_back(marker.data());
+    env.push_back(nullptr);
+    std::fflush(nullptr);  // nothing buffered twice
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        if (stdin_fd >= 0) ::dup2(stdin_fd, STDIN_FILENO);
+        if (stdout_fd >= 0) ::dup2(stdout_fd, STDOUT_FILENO);
+        ::execle("/proc/self/exe", "test", tag, "--out", "/dev/null", static_cast<char*>(nullptr),
+                 env.data());
+        ::_exit(127);
+    }
+    return pid;
 }

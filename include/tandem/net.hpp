@@ -66,7 +66,6 @@ public:
     int native_handle() const noexcept { return fd_; }
 
 private:
-    friend struct stream_op_guard;
     int fd_ = -1;
     unsigned pending_ = 0;  // kernel operations in flight on fd_
 };
@@ -141,7 +140,6 @@ public:
     int native_handle() const noexcept { return fd_; }
 
 private:
-    friend struct udp_op_guard;
     int fd_ = -1;
     unsigned pending_ = 0;
 };

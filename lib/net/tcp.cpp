@@ -52,15 +52,6 @@ void cancel_all_on(int fd) noexcept {
 
 }  // namespace detail
 
-/// Counts an operation in flight on a stream, so close() knows to cancel.
-struct stream_op_guard {
-    explicit stream_op_guard(tcp_stream& s) noexcept : stream(s) { ++stream.pending_; }
-    ~stream_op_guard() { --stream.pending_; }
-    stream_op_guard(const stream_op_guard&) = delete;
-    stream_op_guard& operator=(const stream_op_guard&) = delete;
-    tcp_stream& stream;
-};
-
 // ---- tcp_stream -------------------------------------------------------------------------------
 
 tcp_stream::tcp_stream(tcp_stream&& other) noexcept
@@ -111,7 +102,7 @@ task<tcp_stream> tcp_stream::connect(const address& to) {
 
 task<std::size_t> tcp_stream::read_some(std::span<std::byte> buffer) {
     if (fd_ < 0) fail(EBADF, "read_some on a closed stream");
-    const stream_op_guard guard(*this);
+    const detail::pending_op guard(pending_);
     const int fd = fd_;
     const std::size_t n = std::min(buffer.size(), max_io);
     const int r = co_await detail::uring_op(
@@ -132,7 +123,7 @@ task<> tcp_stream::read_exact(std::span<std::byte> buffer) {
 task<> tcp_stream::write_all(std::span<const std::byte> data) {
     while (!data.empty()) {
         if (fd_ < 0) fail(EBADF, "write_all on a closed stream");
-        const stream_op_guard guard(*this);
+        const detail::pending_op guard(pending_);
         const int fd = fd_;
         const std::size_t n = std::min(data.size(), max_io);
         // SEND with MSG_NOSIGNAL, never WRITE: a write to a vanished peer raises SIGPIPE.
@@ -146,7 +137,7 @@ task<> tcp_stream::write_all(std::span<const std::byte> data) {
 
 task<> tcp_stream::shutdown_write() {
     if (fd_ < 0) fail(EBADF, "shutdown_write on a closed stream");
-    const stream_op_guard guard(*this);
+    const detail::pending_op guard(pending_);
     const int fd = fd_;
     const int r = co_await detail::uring_op(
         [&](io_uring_sqe* sqe) { io_uring_prep_shutdown(sqe, fd, SHUT_WR); });

@@ -22,15 +22,6 @@ namespace {
 
 }  // namespace
 
-/// Counts an operation in flight on a socket, so close() knows to cancel.
-struct udp_op_guard {
-    explicit udp_op_guard(udp_socket& s) noexcept : socket(s) { ++socket.pending_; }
-    ~udp_op_guard() { --socket.pending_; }
-    udp_op_guard(const udp_op_guard&) = delete;
-    udp_op_guard& operator=(const udp_op_guard&) = delete;
-    udp_socket& socket;
-};
-
 udp_socket::udp_socket(udp_socket&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)), pending_(std::exchange(other.pending_, 0)) {}
 
@@ -72,7 +63,7 @@ address udp_socket::local_address() const {
 
 task<std::size_t> udp_socket::send_to(std::span<const std::byte> data, const address& to) {
     if (fd_ < 0) fail(EBADF, "send_to on a closed socket");
-    const udp_op_guard guard(*this);
+    const detail::pending_op guard(pending_);
     const address target = to;  // the frame's copy: the kernel reads it after we suspend
     iovec iov{const_cast<std::byte*>(data.data()), data.size()};
     msghdr msg{};
@@ -90,7 +81,7 @@ task<std::size_t> udp_socket::send_to(std::span<const std::byte> data, const add
 
 task<std::size_t> udp_socket::receive_from(std::span<std::byte> buffer, address& from) {
     if (fd_ < 0) fail(EBADF, "receive_from on a closed socket");
-    const udp_op_guard guard(*this);
+    const detail::pending_op guard(pending_);
     address sender;
     iovec iov{buffer.data(), buffer.size()};
     msghdr msg{};
