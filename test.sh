@@ -179,7 +179,7 @@ build_failed() {
     finish 0 1 0
 }
 
-packages=(g++ meson ninja-build pkg-config liburing-dev catch2 libbenchmark-dev libasio-dev python3)
+packages=(g++ meson ninja-build pkg-config liburing-dev catch2 libbenchmark-dev libasio-dev python3 node-llhttp nginx-light wrk)
 if [[ $compiler == clang ]]; then
     packages+=(clang libclang-rt-dev)
 fi

@@ -10,6 +10,7 @@
 #include <tandem/combinators.hpp>
 #include <tandem/error.hpp>
 #include <tandem/file.hpp>
+#include <tandem/http.hpp>
 #include <tandem/net.hpp>
 #include <tandem/process.hpp>
 #include <tandem/runtime.hpp>

@@ -1,0 +1,569 @@
+// SPDX-License-Identifier: MIT
+//
+// The HTTP/1.1 client. A request takes a connection from its host's pool (per
+// io thread), sends the request in one write, and feeds what it reads to
+// llhttp until the response is complete; the connection then goes back to
+// the pool if the response allows it. A lease (RAII) returns or closes the
+// connection on every path out, exceptions and cancellation included.
+
+#include <tandem/address.hpp>
+#include <tandem/http.hpp>
+#include <tandem/net.hpp>
+
+#include "../loop.hpp"
+
+#include <arpa/inet.h>
+#include <llhttp.h>
+
+#include <algorithm>
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <system_error>
+
+namespace tandem {
+
+namespace {
+
+bool iequals(std::string_view a, std::string_view b) noexcept {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i) {
+        unsigned char x = static_cast<unsigned char>(a[i]);
+        unsigned char y = static_cast<unsigned char>(b[i]);
+        if (x >= 'A' && x <= 'Z') x = static_cast<unsigned char>(x + 32);
+        if (y >= 'A' && y <= 'Z') y = static_cast<unsigned char>(y + 32);
+        if (x != y) return false;
+    }
+    return true;
+}
+
+// ---- URLs -------------------------------------------------------------------------------------
+
+struct parsed_url {
+    std::string host;         // without brackets
+    std::uint16_t port = 80;  //
+    std::string authority;    // for the Host header: host[:port], IPv6 bracketed
+    std::string target;       // path and query, at least "/"
+};
+
+[[noreturn]] void bad_url(std::string_view url, const char* why) {
+    throw std::invalid_argument("tandem: bad URL '" + std::string(url) + "': " + why);
+}
+
+parsed_url parse_url(std::string_view url) {
+    constexpr std::string_view scheme = "http://";
+    if (url.size() < scheme.size() || !iequals(url.substr(0, scheme.size()), scheme)) {
+        if (url.size() >= 8 && iequals(url.substr(0, 8), "https://"))
+            bad_url(url, "https is not supported (tandem has no TLS)");
+        bad_url(url, "it must start with http://");
+    }
+    std::string_view rest = url.substr(scheme.size());
+    const std::size_t end_of_authority = rest.find_first_of("/?#");
+    std::string_view authority = rest.substr(0, end_of_authority);
+    std::string_view target =
+        end_of_authority == std::string_view::npos ? "" : rest.substr(end_of_authority);
+    if (const std::size_t hash = target.find('#'); hash != std::string_view::npos)
+        target = target.substr(0, hash);  // fragments stay with the client
+    if (authority.find('@') != std::string_view::npos) bad_url(url, "user info is not supported");
+    if (authority.empty()) bad_url(url, "no host");
+
+    parsed_url out;
+    std::string_view host;
+    std::string_view port_text;
+    if (authority.front() == '[') {
+        const std::size_t close = authority.find(']');
+        if (close == std::string_view::npos) bad_url(url, "unterminated [IPv6 address]");
+        host = authority.substr(1, close - 1);
+        std::string_view after = authority.substr(close + 1);
+        if (!after.empty()) {
+            if (after.front() != ':') bad_url(url, "junk after ]");
+            port_text = after.substr(1);
+        }
+        in6_addr probe{};
+        if (::inet_pton(AF_INET6, std::string(host).c_str(), &probe) != 1)
+            bad_url(url, "not an IPv6 address between [ ]");
+    } else {
+        const std::size_t colon = authority.rfind(':');
+        host = authority.substr(0, colon);
+        if (colon != std::string_view::npos) port_text = authority.substr(colon + 1);
+        if (host.empty()) bad_url(url, "no host");
+        for (char c : host) {
+            const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                            (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_';
+            if (!ok) bad_url(url, "bad character in host name");
+        }
+    }
+    if (!port_text.empty() || authority.back() == ':') {
+        unsigned port = 0;
+        auto [p, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+        if (ec != std::errc() || p != port_text.data() + port_text.size() || port == 0 ||
+            port > 65535)
+            bad_url(url, "bad port");
+        out.port = static_cast<std::uint16_t>(port);
+    }
+    out.host = std::string(host);
+    out.authority = std::string(authority);
+    // A target is at least "/"; a bare query gets one in front.
+    const bool slash = target.empty() || target.front() == '?';
+    out.target.reserve(target.size() + 1);
+    if (slash) out.target.push_back('/');
+    out.target.append(target.data(), target.size());
+    for (char c : out.target) {
+        if (static_cast<unsigned char>(c) <= ' ' || c == 0x7f)
+            bad_url(url, "spaces and control characters must be percent-encoded");
+    }
+    return out;
+}
+
+/// The addresses to try for `host`: a literal parses directly, a name is resolved.
+task<std::vector<address>> addresses_of(const parsed_url& u) {
+    in_addr v4{};
+    in6_addr v6{};
+    if (::inet_pton(AF_INET, u.host.c_str(), &v4) == 1) {
+        co_return std::vector<address>{address::parse(u.host + ":" + std::to_string(u.port))};
+    }
+    if (::inet_pton(AF_INET6, u.host.c_str(), &v6) == 1) {
+        co_return std::vector<address>{
+            address::parse("[" + u.host + "]:" + std::to_string(u.port))};
+    }
+    co_return co_await resolve(u.host, u.port);
+}
+
+bool is_idempotent(std::string_view method) noexcept {
+    for (std::string_view m : {"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"}) {
+        if (method == m) return true;
+    }
+    return false;
+}
+
+}  // namespace
+
+std::string_view http_response::header(std::string_view name) const noexcept {
+    for (const auto& [n, v] : headers) {
+        if (iequals(n, name)) return v;
+    }
+    return {};
+}
+
+// ---- the pools --------------------------------------------------------------------------------
+
+namespace detail {
+
+struct slot_waiter;
+
+/// One host's connections on one loop. Touched only on that loop's thread.
+struct host_pool {
+    loop* owner = nullptr;
+    std::vector<tcp_stream> idle;  // most recently used last
+    std::size_t open = 0;          // idle + in use + being connected
+    slot_waiter* head = nullptr;
+    slot_waiter* tail = nullptr;
+};
+
+/// A request waiting for a connection of a full pool. It is handed either a
+/// connection (`stream`) or the right to open one (`stream` stays closed).
+struct slot_waiter : cancel_hook {
+    std::coroutine_handle<> handle;
+    host_pool* pool = nullptr;  // null once off the list
+    slot_waiter* next = nullptr;
+    slot_waiter* prev = nullptr;
+    tcp_stream stream;
+    bool cancelled = false;
+
+    void remove() noexcept {
+        (prev != nullptr ? prev->next : pool->head) = next;
+        (next != nullptr ? next->prev : pool->tail) = prev;
+        next = prev = nullptr;
+        pool = nullptr;
+    }
+};
+
+struct slot_wait {
+    slot_waiter* w;
+    bool await_ready() const noexcept { return false; }
+    template <class P>
+    bool await_suspend(std::coroutine_handle<P> h) {
+        w->handle = h;
+        if (stop_node* node = stop_of(h); node != nullptr) {
+            w->on_cancel = [](cancel_hook* hook) noexcept {
+                auto* self = static_cast<slot_waiter*>(hook);
+                if (self->pool == nullptr) return;
+                host_pool* pool = self->pool;
+                self->remove();
+                self->cancelled = true;
+                pool->owner->schedule(self->handle);
+            };
+            if (!node->link(w)) {
+                w->cancelled = true;
+                return false;
+            }
+        }
+        host_pool* pool = w->pool;
+        w->prev = pool->tail;
+        (pool->tail != nullptr ? pool->tail->next : pool->head) = w;
+        pool->tail = w;
+        return true;
+    }
+    void await_resume() const {
+        if (w->cancelled) throw operation_cancelled();
+    }
+};
+
+/// Gives back a connection (`keep`) or the slot it held. Wakes the first waiter
+/// with it if there is one.
+void release(host_pool& pool, tcp_stream stream, bool keep) noexcept {
+    if (!keep) stream.close();
+    if (slot_waiter* w = pool.head) {
+        w->remove();
+        w->cancel_hook::unlink();
+        w->stream = std::move(stream);  // closed: the waiter opens its own
+        pool.owner->schedule(w->handle);
+        return;
+    }
+    if (keep) {
+        pool.idle.push_back(std::move(stream));
+    } else {
+        --pool.open;
+    }
+}
+
+class http_pools {
+public:
+    host_pool& get(loop* l, const std::string& authority) {
+        std::lock_guard lock(mutex_);
+        host_pool& p = pools_[key{l, authority}];
+        p.owner = l;
+        return p;
+    }
+    std::size_t idle_on(loop* l) const {
+        std::lock_guard lock(mutex_);
+        std::size_t n = 0;
+        for (const auto& [k, p] : pools_) {
+            if (k.first == l) n += p.idle.size();
+        }
+        return n;
+    }
+
+private:
+    using key = std::pair<loop*, std::string>;
+    mutable std::mutex mutex_;
+    std::map<key, host_pool> pools_;  // node-based: references stay valid
+};
+
+}  // namespace detail
+
+namespace {
+
+/// A connection taken from a pool; gives it back (or closes it) when it goes.
+struct lease {
+    detail::host_pool* pool = nullptr;
+    tcp_stream stream;
+    bool reused = false;
+    bool keep = false;
+
+    lease() = default;
+    lease(const lease&) = delete;
+    lease& operator=(const lease&) = delete;
+    ~lease() {
+        if (pool != nullptr) detail::release(*pool, std::move(stream), keep);
+    }
+};
+
+task<tcp_stream> connect_to(const parsed_url& u) {
+    std::vector<address> candidates = co_await addresses_of(u);
+    std::exception_ptr last;
+    for (const address& a : candidates) {
+        try {
+            co_return co_await tcp_stream::connect(a);
+        } catch (const operation_cancelled&) {
+            throw;
+        } catch (const std::system_error&) {
+            last = std::current_exception();
+        }
+    }
+    std::rethrow_exception(last);
+}
+
+/// Fills `out` with a connection to `u`: an idle one, a new one if the pool has
+/// room, or the next one given back. `fresh` skips the idle ones.
+task<> acquire(detail::host_pool& pool, const parsed_url& u, std::size_t max, bool fresh,
+               lease& out) {
+    if (!fresh && !pool.idle.empty()) {
+        out.stream = std::move(pool.idle.back());
+        pool.idle.pop_back();
+        out.pool = &pool;
+        out.reused = true;
+        co_return;
+    }
+    if (fresh && !pool.idle.empty() && pool.open >= max) {
+        pool.idle.front().close();  // make room by dropping the oldest idle one
+        pool.idle.erase(pool.idle.begin());
+        --pool.open;
+    }
+    if (pool.open >= max) {
+        detail::slot_waiter w;
+        w.pool = &pool;
+        co_await detail::slot_wait{&w};
+        out.pool = &pool;  // holds the slot from here on, connected or not
+        if (w.stream.is_open()) {
+            out.stream = std::move(w.stream);
+            out.reused = true;
+            co_return;
+        }
+    } else {
+        ++pool.open;
+        out.pool = &pool;
+    }
+    out.stream = co_await connect_to(u);
+}
+
+/// What llhttp's callbacks fill in.
+struct response_state {
+    http_response response;
+    const http_client_options* options = nullptr;
+    std::size_t header_bytes = 0;
+    bool in_value = false;
+    bool head_request = false;
+    bool complete = false;
+    const char* failure = nullptr;  // set by a callback that stopped the parser
+};
+
+response_state& state_of(llhttp_t* p) {
+    return *static_cast<response_state*>(p->data);
+}
+
+int on_message_begin(llhttp_t* p) {
+    response_state& s = state_of(p);
+    s.response.headers.clear();
+    s.response.body.clear();
+    s.header_bytes = 0;
+    s.in_value = false;
+    return 0;
+}
+
+int count_header_bytes(response_state& s, std::size_t n) {
+    s.header_bytes += n;
+    if (s.header_bytes > s.options->max_header_bytes) {
+        s.failure = "response headers larger than max_header_bytes";
+        return -1;
+    }
+    return 0;
+}
+
+int on_header_field(llhttp_t* p, const char* at, std::size_t n) {
+    response_state& s = state_of(p);
+    if (s.in_value || s.response.headers.empty()) s.response.headers.emplace_back();
+    s.in_value = false;
+    s.response.headers.back().first.append(at, n);
+    return count_header_bytes(s, n);
+}
+
+int on_header_value(llhttp_t* p, const char* at, std::size_t n) {
+    response_state& s = state_of(p);
+    s.in_value = true;
+    s.response.headers.back().second.append(at, n);
+    return count_header_bytes(s, n);
+}
+
+int on_headers_complete(llhttp_t* p) {
+    response_state& s = state_of(p);
+    s.response.status = p->status_code;
+    if (p->status_code / 100 != 1 && (p->flags & F_CONTENT_LENGTH) != 0) {
+        if (p->content_length > s.options->max_body_bytes) {
+            s.failure = "response body larger than max_body_bytes";
+            return -1;
+        }
+        s.response.body.reserve(static_cast<std::size_t>(p->content_length));
+    }
+    return s.head_request ? 1 : 0;  // 1: a response to HEAD has no body
+}
+
+int on_body(llhttp_t* p, const char* at, std::size_t n) {
+    response_state& s = state_of(p);
+    if (s.response.body.size() + n > s.options->max_body_bytes) {
+        s.failure = "response body larger than max_body_bytes";
+        return -1;
+    }
+    s.response.body.append(at, n);
+    return 0;
+}
+
+int on_message_complete(llhttp_t* p) {
+    response_state& s = state_of(p);
+    if (s.response.status / 100 == 1) return 0;  // 100 Continue and friends: the next one counts
+    s.complete = true;
+    return HPE_PAUSED;  // stop right after this response: what follows is not ours
+}
+
+const llhttp_settings_t& parser_settings() {
+    static const llhttp_settings_t settings = [] {
+        llhttp_settings_t st;
+        llhttp_settings_init(&st);
+        st.on_message_begin = &on_message_begin;
+        st.on_header_field = &on_header_field;
+        st.on_header_value = &on_header_value;
+        st.on_headers_complete = &on_headers_complete;
+        st.on_body = &on_body;
+        st.on_message_complete = &on_message_complete;
+        return st;
+    }();
+    return settings;
+}
+
+/// Why a request on a reused connection may be tried again.
+struct stale_connection {};
+
+std::string peer_name(const tcp_stream& s) {
+    return s.peer_address().to_string();
+}
+
+[[noreturn]] void malformed(const tcp_stream& s, const std::string& why) {
+    throw http_error("tandem: malformed HTTP response from " + peer_name(s) + ": " + why);
+}
+
+/// Sends `wire` on `c` and reads the response. Throws stale_connection when a
+/// reused connection turns out closed before any byte of the response came.
+task<http_response> exchange(lease& c, const std::string& wire, bool head,
+                             const http_client_options& options) {
+    response_state state;
+    state.options = &options;
+    state.head_request = head;
+    llhttp_t parser;
+    llhttp_init(&parser, HTTP_RESPONSE, &parser_settings());
+    parser.data = &state;
+
+    try {
+        co_await c.stream.write_all(std::as_bytes(std::span(wire)));
+    } catch (const std::system_error& e) {
+        if (c.reused && (e.code().value() == EPIPE || e.code().value() == ECONNRESET))
+            throw stale_connection{};
+        throw;
+    }
+
+    std::array<char, 16384> buffer;
+    std::size_t received = 0;
+    for (;;) {
+        std::size_t n = 0;
+        try {
+            n = co_await c.stream.read_some(std::as_writable_bytes(std::span(buffer)));
+        } catch (const std::system_error& e) {
+            if (c.reused && received == 0 && e.code().value() == ECONNRESET)
+                throw stale_connection{};
+            throw;
+        }
+        llhttp_errno_t err;
+        if (n == 0) {
+            if (received == 0) {
+                if (c.reused) throw stale_connection{};
+                throw http_error("tandem: " + peer_name(c.stream) +
+                                 " closed the connection without a response");
+            }
+            err = llhttp_finish(&parser);  // completes a body that runs to the end of stream
+            if (!state.complete && state.failure == nullptr) {
+                throw http_error("tandem: " + peer_name(c.stream) +
+                                 " closed the connection after " + std::to_string(received) +
+                                 " bytes, before the response was complete");
+            }
+        } else {
+            received += n;
+            err = llhttp_execute(&parser, buffer.data(), n);
+        }
+        if (state.complete) {
+            // Paused right after the response: bytes beyond it (or a close) end the connection.
+            const char* stop = llhttp_get_error_pos(&parser);
+            const bool trailing = n != 0 && stop != buffer.data() + n;
+            c.keep = n != 0 && !trailing && llhttp_should_keep_alive(&parser) != 0;
+            co_return std::move(state.response);
+        }
+        if (err != HPE_OK) {
+            if (state.failure != nullptr) {
+                c.keep = false;
+                malformed(c.stream, state.failure);
+            }
+            malformed(c.stream, std::string(llhttp_errno_name(err)) + " (" +
+                                    llhttp_get_error_reason(&parser) + ")");
+        }
+        if (n == 0) malformed(c.stream, "the connection ended inside the response");
+    }
+}
+
+std::string build_request(std::string_view method, const parsed_url& u, std::string_view body,
+                          const http_client_options& options) {
+    std::string wire;
+    wire.reserve(method.size() + u.target.size() + u.authority.size() + options.user_agent.size() +
+                 body.size() + 96);
+    wire.append(method).append(" ").append(u.target).append(" HTTP/1.1\r\nHost: ");
+    wire.append(u.authority).append("\r\n");
+    if (!options.user_agent.empty()) wire.append("User-Agent: ").append(options.user_agent);
+    if (!options.user_agent.empty()) wire.append("\r\n");
+    if (!body.empty() || method == "POST" || method == "PUT" || method == "PATCH") {
+        wire.append("Content-Length: ").append(std::to_string(body.size())).append("\r\n");
+    }
+    wire.append("\r\n").append(body);
+    return wire;
+}
+
+void check_method(std::string_view method) {
+    if (method.empty()) throw std::invalid_argument("tandem: empty HTTP method");
+    for (char c : method) {
+        if (c < 'A' || c > 'Z') {
+            throw std::invalid_argument("tandem: bad HTTP method '" + std::string(method) +
+                                        "' (upper-case letters only)");
+        }
+    }
+}
+
+task<http_response> run_request(detail::http_pools& pools, const http_client_options& options,
+                                std::string method, std::string url, std::string body) {
+    check_method(method);
+    detail::loop& here = detail::require_loop("http_client::request");
+    const parsed_url u = parse_url(url);
+    const std::string wire = build_request(method, u, body, options);
+    body = std::string();  // its copy is in `wire`
+    detail::host_pool& pool = pools.get(&here, u.authority);
+    const bool retry_allowed = is_idempotent(method);
+    for (int attempt = 0;; ++attempt) {
+        lease c;
+        co_await acquire(pool, u, options.max_connections_per_host, attempt > 0, c);
+        try {
+            co_return co_await exchange(c, wire, method == "HEAD", options);
+        } catch (const stale_connection&) {
+            // `c` closes the connection and frees its slot when this iteration ends.
+        }
+        if (!retry_allowed || attempt > 0) {
+            throw http_error("tandem: " + u.authority +
+                             " closed a kept-alive connection before responding to " + method +
+                             " " + u.target);
+        }
+    }
+}
+
+}  // namespace
+
+http_client::http_client(http_client_options options)
+    : options_(std::move(options)), pools_(std::make_unique<detail::http_pools>()) {
+    if (options_.max_connections_per_host == 0)
+        throw std::invalid_argument("tandem: http_client_options::max_connections_per_host is 0");
+}
+
+http_client::~http_client() = default;
+
+task<http_response> http_client::get(std::string_view url) {
+    return request("GET", url);
+}
+
+task<http_response> http_client::request(std::string_view method, std::string_view url,
+                                         std::string_view body) {
+    // Not a coroutine itself: the views are copied before the caller can drop them.
+    return run_request(*pools_, options_, std::string(method), std::string(url), std::string(body));
+}
+
+std::size_t http_client::idle_connections() const {
+    return pools_->idle_on(detail::this_thread_loop());
+}
+
+}  // namespace tandem
