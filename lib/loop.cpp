@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <system_error>
 
 namespace tandem::detail {
@@ -112,6 +113,29 @@ loop::loop(unsigned entries, int wake_fd) {
 loop::~loop() {
     io_uring_queue_exit(&ring_);
     ::close(wake_fd_);
+    std::lock_guard lock(bound_mutex());
+    while (loop_bound* b = bound_) {
+        unbind(b);
+        b->loop_gone();
+    }
+}
+
+std::mutex& bound_mutex() noexcept {
+    static std::mutex m;
+    return m;
+}
+
+void loop::bind(loop_bound* b) noexcept {
+    b->bound_prev_ = nullptr;
+    b->bound_next_ = bound_;
+    if (bound_ != nullptr) bound_->bound_prev_ = b;
+    bound_ = b;
+}
+
+void loop::unbind(loop_bound* b) noexcept {
+    (b->bound_prev_ != nullptr ? b->bound_prev_->bound_next_ : bound_) = b->bound_next_;
+    if (b->bound_next_ != nullptr) b->bound_next_->bound_prev_ = b->bound_prev_;
+    b->bound_next_ = b->bound_prev_ = nullptr;
 }
 
 io_uring_sqe* loop::get_sqe() {

@@ -21,6 +21,7 @@
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -81,6 +82,28 @@ private:
 };
 
 class loop;
+
+/// A heap object the ring may still point at when its loop is destroyed: a
+/// listener's multishot accept whose listener is closed after the runtime, or
+/// from another thread. The loop's destructor calls loop_gone() on each one
+/// still bound, under bound_mutex(), once the ring is gone (nothing completes
+/// on it any more); the object then frees itself or waits for its owner.
+class loop_bound {
+public:
+    virtual void loop_gone() noexcept = 0;
+
+protected:
+    ~loop_bound() = default;
+
+private:
+    friend class loop;
+    loop_bound* bound_next_ = nullptr;
+    loop_bound* bound_prev_ = nullptr;
+};
+
+/// Guards every loop's list of loop_bound objects, and what those objects say
+/// about their loop (is it still there?).
+std::mutex& bound_mutex() noexcept;
 
 /// Work the loop checks between its other work and before it sleeps: the
 /// process pool's completions, which arrive through shared memory rather than
@@ -147,6 +170,11 @@ public:
     /// Submits queued SQEs without waiting (before a poller spins).
     void submit_pending() noexcept { io_uring_submit(&ring_); }
 
+    /// Adds or removes `b` from the objects told when this loop goes; the
+    /// caller holds bound_mutex().
+    void bind(loop_bound* b) noexcept;
+    void unbind(loop_bound* b) noexcept;
+
     /// Flags the ring was set up with, as text.
     const std::string& features() const noexcept { return features_; }
     unsigned setup_flags() const noexcept { return ring_.flags; }
@@ -181,6 +209,7 @@ private:
     bool skip_cancel_cqe_ = false;
     posted_item shutdown_item_{};
     loop_poller* poller_ = nullptr;
+    loop_bound* bound_ = nullptr;  // guarded by bound_mutex()
     unsigned index_ = 0;
 };
 

@@ -102,8 +102,10 @@ public:
     task<tcp_stream> accept();
 
     /// Stops accepting and closes the socket; connections accepted but not handed out are
-    /// closed. Call it on the loop that accepted (or before any accept()).
+    /// closed. Best on the loop that accepted; from any other thread (or after the runtime is
+    /// gone) it is safe too, and the accepting loop finishes the job on its next turn.
     void close() noexcept;
+    bool is_open() const noexcept { return fd_ >= 0; }
     int native_handle() const noexcept { return fd_; }
 
 private:

@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <chrono>
 #include <deque>
+#include <mutex>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -169,12 +170,14 @@ struct accept_waiter : cancel_hook {
 
 /// The listener's multishot accept: the completion the ring points at, the
 /// connections nobody asked for yet, and the tasks waiting. Heap-allocated so
-/// that it can outlive the listener until the kernel has let go of it.
-struct accept_state : completion {
+/// that it can outlive the listener until the kernel has let go of it; bound to
+/// its loop so that it is freed if the loop goes first.
+struct accept_state final : completion, posted_item, loop_bound {
     int fd = -1;
-    loop* owner = nullptr;
-    bool armed = false;    // a multishot accept is in the kernel
-    bool closing = false;  // the listener is gone; delete on the last CQE
+    loop* owner = nullptr;      // null once the loop is gone (under bound_mutex())
+    bool armed = false;         // a multishot accept is in the kernel
+    bool closing = false;       // the listener is gone; delete on the last CQE
+    bool close_posted = false;  // closed from another thread: `run` finishes it on the loop
     std::deque<int> ready;
     int pending_error = 0;
     accept_waiter* head = nullptr;
@@ -215,13 +218,62 @@ struct accept_state : completion {
         return true;
     }
 
+    /// A state for listening socket `fd` on `here`; the caller holds bound_mutex().
+    static accept_state* make(int fd, loop& here) {
+        auto* st = new accept_state;
+        st->fd = fd;
+        st->owner = &here;
+        st->complete = &on_complete;
+        st->run = [](posted_item* item) noexcept {
+            static_cast<accept_state*>(item)->close_on_loop();
+        };
+        here.bind(st);
+        return st;
+    }
+
+    /// Frees the state, which nothing on the ring points at any more.
+    void destroy() noexcept {
+        {
+            std::lock_guard lock(bound_mutex());
+            if (owner != nullptr) owner->unbind(this);
+        }
+        delete this;
+    }
+
+    /// On the owner's thread: the listener is closed; cancel the multishot, whose
+    /// last CQE frees the state.
+    void close_on_loop() noexcept {
+        for (int ready_fd : ready) ::close(ready_fd);
+        ready.clear();
+        while (wake_closed()) {
+        }
+        closing = true;
+        if (!armed) {
+            destroy();
+            return;
+        }
+        io_uring_submit(owner->ring());
+        io_uring_sync_cancel_reg reg{};
+        reg.addr = reinterpret_cast<std::uint64_t>(static_cast<completion*>(this));
+        reg.timeout.tv_sec = -1;
+        reg.timeout.tv_nsec = -1;
+        io_uring_register_sync_cancel(owner->ring(), &reg);
+    }
+
+    void loop_gone() noexcept override {
+        // The ring is gone: no CQE will come. Free the state if the listener is closed.
+        owner = nullptr;
+        armed = false;
+        if (closing || close_posted) delete this;
+    }
+
     static void on_complete(completion* c, int res, std::uint32_t flags) noexcept {
         auto* st = static_cast<accept_state*>(c);
         const bool more = (flags & IORING_CQE_F_MORE) != 0;
         if (!more) st->armed = false;
         if (st->closing) {
             if (res >= 0) ::close(res);
-            if (!more) delete st;
+            if (!more) st->destroy();
             return;
         }
         if (res >= 0) {
@@ -308,13 +360,20 @@ task<tcp_stream> tcp_listener::accept() {
     if (fd_ < 0) fail(EBADF, "accept on a closed listener");
     detail::loop& here = detail::require_loop("tcp_listener::accept");
     if (state_ == nullptr) {
-        state_ = new detail::accept_state;
-        state_->fd = fd_;
-        state_->owner = &here;
-        state_->complete = &detail::accept_state::on_complete;
+        std::lock_guard lock(detail::bound_mutex());
+        state_ = detail::accept_state::make(fd_, here);
     } else if (state_->owner != &here) {
-        // Its multishot accept lives on the first loop's ring and wakes tasks there.
-        detail::contract_violation("tcp_listener::accept called from another loop than the first");
+        std::lock_guard lock(detail::bound_mutex());
+        if (state_->owner != nullptr) {
+            // Its multishot accept lives on the first loop's ring and wakes tasks there.
+            detail::contract_violation(
+                "tcp_listener::accept called from another loop than the first");
+        }
+        // The first loop is gone (a runtime before this one): go on on this one, with the
+        // connections it had accepted.
+        detail::accept_state* old = std::exchange(state_, detail::accept_state::make(fd_, here));
+        state_->ready = std::move(old->ready);
+        delete old;
     }
     auto backoff = std::chrono::milliseconds(1);
     for (;;) {
@@ -354,24 +413,23 @@ task<tcp_stream> tcp_listener::accept() {
 
 void tcp_listener::close() noexcept {
     if (detail::accept_state* st = std::exchange(state_, nullptr)) {
-        for (int fd : st->ready) ::close(fd);
-        st->ready.clear();
-        while (st->wake_closed()) {
-        }
-        if (st->armed) {
-            // The kernel still holds the multishot: cancel it; its last CQE
-            // frees the state (and closes any fd accepted meanwhile).
-            st->closing = true;
-            if (detail::this_thread_loop() == st->owner) {
-                io_uring_submit(st->owner->ring());
-                io_uring_sync_cancel_reg reg{};
-                reg.addr = reinterpret_cast<std::uint64_t>(static_cast<detail::completion*>(st));
-                reg.timeout.tv_sec = -1;
-                reg.timeout.tv_nsec = -1;
-                io_uring_register_sync_cancel(st->owner->ring(), &reg);
-            }
+        if (detail::this_thread_loop() == st->owner) {
+            st->close_on_loop();
         } else {
-            delete st;
+            // Off its loop (after the runtime, or from another thread): no task can be waiting
+            // in accept() here (they would hold the listener open). If the loop is gone, free
+            // the state; otherwise let the loop cancel the multishot and free it.
+            std::unique_lock lock(detail::bound_mutex());
+            if (st->owner == nullptr) {
+                lock.unlock();
+                for (int fd : st->ready) ::close(fd);
+                delete st;
+            } else {
+                // Posted under the lock: the loop cannot go meanwhile. If it goes before
+                // running the item, loop_gone() frees the state.
+                st->close_posted = true;
+                st->owner->post(st);  // runs close_on_loop, which also closes the ready fds
+            }
         }
     }
     if (fd_ >= 0) ::close(fd_);
