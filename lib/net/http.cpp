@@ -444,12 +444,16 @@ task<http_response> exchange(lease& c, const std::string& wire, bool head,
         throw;
     }
 
-    std::array<char, 16384> buffer;
+    // Most responses fit in 4 KiB (a waiting request holds no more); one that fills it gets
+    // 64 KiB reads from then on.
+    std::array<char, 4096> small;
+    std::unique_ptr<char[]> large;
+    std::span<char> buffer(small);
     std::size_t received = 0;
     for (;;) {
         std::size_t n = 0;
         try {
-            n = co_await c.stream.read_some(std::as_writable_bytes(std::span(buffer)));
+            n = co_await c.stream.read_some(std::as_writable_bytes(buffer));
         } catch (const std::system_error& e) {
             if (c.reused && received == 0 && e.code().value() == ECONNRESET)
                 throw stale_connection{};
@@ -488,6 +492,11 @@ task<http_response> exchange(lease& c, const std::string& wire, bool head,
                                     llhttp_get_error_reason(&parser) + ")");
         }
         if (n == 0) malformed(c.stream, "the connection ended inside the response");
+        if (n == buffer.size() && !large) {
+            constexpr std::size_t large_size = 64 << 10;
+            large = std::make_unique_for_overwrite<char[]>(large_size);
+            buffer = std::span(large.get(), large_size);
+        }
     }
 }
 
