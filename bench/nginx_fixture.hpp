@@ -38,6 +38,7 @@
 // when in doubt); otherwise nginx stops early and requests fail with ECONNREFUSED.
 // Not thread-safe; the accessors may be called from any thread once constructed.
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstddef>
@@ -107,10 +108,12 @@ public:
     nginx_server(const nginx_server&) = delete;
     nginx_server& operator=(const nginx_server&) = delete;
 
-    /// The nginx binary: $TANDEM_NGINX, /usr/sbin/nginx or the first nginx on $PATH; "" if none.
+    /// The nginx binary: $TANDEM_NGINX if set (only it: TANDEM_NGINX=none hides nginx), else
+    /// /usr/sbin/nginx or the first nginx on $PATH; "" if none.
     static std::string binary() {
         std::vector<std::string> candidates;
-        if (const char* env = std::getenv("TANDEM_NGINX")) candidates.emplace_back(env);
+        if (const char* env = std::getenv("TANDEM_NGINX"))
+            return ::access(env, X_OK) == 0 ? env : "";
         candidates.emplace_back("/usr/sbin/nginx");
         if (const char* path = std::getenv("PATH")) {
             std::istringstream dirs(path);
@@ -183,10 +186,8 @@ private:
         std::filesystem::create_directories(dir_ / "tmp");
         for (const auto& [name, content] : options_.files) {
             const std::filesystem::path rel(name);
-            for (const auto& part : rel)
-                if (part == "..")
-                    throw std::invalid_argument("nginx_fixture: bad file name " + name);
-            if (rel.empty() || rel.is_absolute())
+            if (rel.empty() || rel.is_absolute() ||
+                std::find(rel.begin(), rel.end(), "..") != rel.end())
                 throw std::invalid_argument("nginx_fixture: bad file name " + name);
             const std::filesystem::path p = dir_ / "www" / rel;
             std::filesystem::create_directories(p.parent_path());
@@ -284,8 +285,12 @@ private:
         const int log =
             ::open((dir_ / "stderr.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         const int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
-        if (log < 0 || null < 0)
-            throw std::system_error(errno, std::system_category(), "nginx_fixture: open");
+        if (log < 0 || null < 0) {
+            const int e = errno;
+            if (log >= 0) ::close(log);
+            if (null >= 0) ::close(null);
+            throw std::system_error(e, std::system_category(), "nginx_fixture: open");
+        }
         cpu_set_t cpus;
         CPU_ZERO(&cpus);
         if (options_.cpu >= 0) CPU_SET(static_cast<unsigned>(options_.cpu), &cpus);

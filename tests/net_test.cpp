@@ -251,6 +251,49 @@ TEST_CASE("closing a stream with a receive pending ends that receive instead of 
 }
 
 namespace {
+tandem::task<std::pair<tandem::tcp_stream, tandem::tcp_stream>> connected_pair(
+    tandem::tcp_listener* listener) {
+    auto [in, out] = co_await tandem::when_all(
+        listener->accept(), tandem::tcp_stream::connect(listener->local_address()));
+    co_return std::pair(std::move(in), std::move(out));
+}
+
+tandem::task<std::size_t> receive(tandem::tcp_stream* s) {
+    std::byte buf[8];
+    co_return co_await s->read_some(buf);
+}
+
+tandem::task<std::size_t> receive_then_stop(tandem::tcp_stream* s, std::stop_source* stop) {
+    const std::size_t n = co_await receive(s);
+    stop->request_stop();  // same loop: reaches the other task's receive at once
+    co_return n;
+}
+
+// Both receives find their byte already there, so both complete at submission
+// and in one reap, the stopper's first: the stop reaches the reader's receive
+// after it finished and before its task runs again.
+tandem::task<std::string> stopped_between_completion_and_resumption() {
+    auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
+    auto [a_in, a_out] = co_await connected_pair(&listener);
+    auto [b_in, b_out] = co_await connected_pair(&listener);
+    const std::byte one[1] = {std::byte{7}};
+    co_await a_out.write_all(one);
+    co_await b_out.write_all(one);
+    std::stop_source stop;
+    auto [stopper, reader] = co_await tandem::when_all(
+        receive_then_stop(&b_in, &stop), tandem::with_stop_token(stop.get_token(), receive(&a_in)));
+    co_await a_out.write_all(one);
+    const std::size_t again = co_await receive(&a_in);  // the stream is still usable
+    co_return std::to_string(stopper) + " " + std::to_string(reader) + " " + std::to_string(again);
+}
+}  // namespace
+
+TEST_CASE("a stop after a receive completed, before its task ran, leaves the received bytes",
+          "[net]") {
+    CHECK(tandem::run(stopped_between_completion_and_resumption(), options()) == "1 1 1");
+}
+
+namespace {
 tandem::task<int> early_connections(int n) {
     auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
     std::vector<tandem::tcp_stream> clients;

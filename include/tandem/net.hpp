@@ -28,6 +28,10 @@
 
 namespace tandem {
 
+namespace detail {
+struct stream_access;  // the library's own uses of tcp_stream internals (lib/net/)
+}
+
 /// A connected TCP (or Unix stream) socket. Move-only; the destructor closes it.
 class tcp_stream {
 public:
@@ -66,6 +70,11 @@ public:
     int native_handle() const noexcept { return fd_; }
 
 private:
+    friend struct detail::stream_access;
+    /// read_some; `poll_first` when the caller knows nothing has arrived yet (a reply to what
+    /// it just sent): the kernel then waits for data without a receive attempt first.
+    task<std::size_t> receive(std::span<std::byte> buffer, bool poll_first);
+
     int fd_ = -1;
     unsigned pending_ = 0;  // kernel operations in flight on fd_
 };

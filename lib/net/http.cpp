@@ -321,6 +321,19 @@ task<> acquire(detail::host_pool& pool, const parsed_url& u, std::size_t max, bo
     out.stream = co_await connect_to(u);
 }
 
+}  // namespace
+
+namespace detail {
+struct stream_access {
+    /// A receive of a reply: nothing is there yet when it is submitted.
+    static task<std::size_t> receive_reply(tcp_stream& s, std::span<std::byte> buffer) {
+        return s.receive(buffer, true);
+    }
+};
+}  // namespace detail
+
+namespace {
+
 /// What llhttp's callbacks fill in.
 struct response_state {
     http_response response;
@@ -453,7 +466,15 @@ task<http_response> exchange(lease& c, const std::string& wire, bool head,
     for (;;) {
         std::size_t n = 0;
         try {
-            n = co_await c.stream.read_some(std::as_writable_bytes(buffer));
+            // The first read follows the request: wait for the reply without a receive
+            // attempt first (the rest of a reply is usually there already).
+            // (No co_await inside ?: or a condition: g++ 12 miscompiles some of those.)
+            if (received == 0) {
+                n = co_await detail::stream_access::receive_reply(c.stream,
+                                                                  std::as_writable_bytes(buffer));
+            } else {
+                n = co_await c.stream.read_some(std::as_writable_bytes(buffer));
+            }
         } catch (const std::system_error& e) {
             if (c.reused && received == 0 && e.code().value() == ECONNRESET)
                 throw stale_connection{};

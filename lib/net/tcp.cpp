@@ -102,12 +102,20 @@ task<tcp_stream> tcp_stream::connect(const address& to) {
 }
 
 task<std::size_t> tcp_stream::read_some(std::span<std::byte> buffer) {
+    return receive(buffer, false);
+}
+
+task<std::size_t> tcp_stream::receive(std::span<std::byte> buffer, bool poll_first) {
     if (fd_ < 0) fail(EBADF, "read_some on a closed stream");
     const detail::pending_op guard(pending_);
     const int fd = fd_;
     const std::size_t n = std::min(buffer.size(), max_io);
-    const int r = co_await detail::uring_op(
-        [&](io_uring_sqe* sqe) { io_uring_prep_recv(sqe, fd, buffer.data(), n, 0); });
+    const int r = co_await detail::socket_op([&](io_uring_sqe* sqe) {
+        io_uring_prep_recv(sqe, fd, buffer.data(), n, 0);
+        // Nothing can be there yet (a request was just sent): wait for data without trying
+        // to receive first.
+        if (poll_first) sqe->ioprio |= IORING_RECVSEND_POLL_FIRST;
+    });
     if (r == -ECANCELED) throw operation_cancelled();  // close() cut it short
     if (r < 0) fail(-r, "receive");
     co_return static_cast<std::size_t>(r);
@@ -128,7 +136,7 @@ task<> tcp_stream::write_all(std::span<const std::byte> data) {
         const int fd = fd_;
         const std::size_t n = std::min(data.size(), max_io);
         // SEND with MSG_NOSIGNAL, never WRITE: a write to a vanished peer raises SIGPIPE.
-        const int r = co_await detail::uring_op(
+        const int r = co_await detail::socket_op(
             [&](io_uring_sqe* sqe) { io_uring_prep_send(sqe, fd, data.data(), n, MSG_NOSIGNAL); });
         if (r == -ECANCELED) throw operation_cancelled();
         if (r < 0) fail(-r, "send");
