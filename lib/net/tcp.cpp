@@ -110,7 +110,7 @@ task<std::size_t> tcp_stream::receive(std::span<std::byte> buffer, bool poll_fir
     const detail::pending_op guard(pending_);
     const int fd = fd_;
     const std::size_t n = std::min(buffer.size(), max_io);
-    const int r = co_await detail::socket_op([&](io_uring_sqe* sqe) {
+    const int r = co_await detail::uring_op([&](io_uring_sqe* sqe) {
         io_uring_prep_recv(sqe, fd, buffer.data(), n, 0);
         // Nothing can be there yet (a request was just sent): wait for data without trying
         // to receive first.
@@ -136,7 +136,7 @@ task<> tcp_stream::write_all(std::span<const std::byte> data) {
         const int fd = fd_;
         const std::size_t n = std::min(data.size(), max_io);
         // SEND with MSG_NOSIGNAL, never WRITE: a write to a vanished peer raises SIGPIPE.
-        const int r = co_await detail::socket_op(
+        const int r = co_await detail::uring_op(
             [&](io_uring_sqe* sqe) { io_uring_prep_send(sqe, fd, data.data(), n, MSG_NOSIGNAL); });
         if (r == -ECANCELED) throw operation_cancelled();
         if (r < 0) fail(-r, "send");
