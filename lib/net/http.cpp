@@ -11,6 +11,7 @@
 #include <tandem/net.hpp>
 
 #include "../loop.hpp"
+#include "../waiter_list.hpp"
 
 #include <arpa/inet.h>
 #include <llhttp.h>
@@ -153,75 +154,26 @@ std::string_view http_response::header(std::string_view name) const noexcept {
 
 namespace detail {
 
-struct slot_waiter;
-
 /// One host's connections on one loop. Touched only on that loop's thread.
 struct host_pool {
-    loop* owner = nullptr;
     std::vector<tcp_stream> idle;  // most recently used last
     std::size_t open = 0;          // idle + in use + being connected
-    slot_waiter* head = nullptr;
-    slot_waiter* tail = nullptr;
+    waiter_list waiting;           // requests for a connection of a full pool
 };
 
 /// A request waiting for a connection of a full pool. It is handed either a
 /// connection (`stream`) or the right to open one (`stream` stays closed).
-struct slot_waiter : cancel_hook {
-    std::coroutine_handle<> handle;
-    host_pool* pool = nullptr;  // null once off the list
-    slot_waiter* next = nullptr;
-    slot_waiter* prev = nullptr;
+struct slot_waiter : waiter {
     tcp_stream stream;
-    bool cancelled = false;
-
-    void remove() noexcept {
-        (prev != nullptr ? prev->next : pool->head) = next;
-        (next != nullptr ? next->prev : pool->tail) = prev;
-        next = prev = nullptr;
-        pool = nullptr;
-    }
-};
-
-struct slot_wait {
-    slot_waiter* w;
-    bool await_ready() const noexcept { return false; }
-    template <class P>
-    bool await_suspend(std::coroutine_handle<P> h) {
-        w->handle = h;
-        if (stop_node* node = stop_of(h); node != nullptr) {
-            w->on_cancel = [](cancel_hook* hook) noexcept {
-                auto* self = static_cast<slot_waiter*>(hook);
-                if (self->pool == nullptr) return;
-                host_pool* pool = self->pool;
-                self->remove();
-                self->cancelled = true;
-                pool->owner->schedule(self->handle);
-            };
-            if (!node->link(w)) {
-                w->cancelled = true;
-                return false;
-            }
-        }
-        host_pool* pool = w->pool;
-        w->prev = pool->tail;
-        (pool->tail != nullptr ? pool->tail->next : pool->head) = w;
-        pool->tail = w;
-        return true;
-    }
-    void await_resume() const {
-        if (w->cancelled) throw operation_cancelled();
-    }
 };
 
 /// Gives back a connection (`keep`) or the slot it held. Wakes the first waiter
 /// with it if there is one.
 void release(host_pool& pool, tcp_stream stream, bool keep) noexcept {
     if (!keep) stream.close();
-    if (slot_waiter* w = pool.head) {
-        w->remove();
-        w->cancel_hook::unlink();
+    if (auto* w = static_cast<slot_waiter*>(pool.waiting.front())) {
         w->stream = std::move(stream);  // closed: the waiter opens its own
-        pool.owner->schedule(w->handle);
+        pool.waiting.wake(w);
         return;
     }
     if (keep) {
@@ -236,7 +188,7 @@ public:
     host_pool& get(loop* l, const std::string& authority) {
         std::lock_guard lock(mutex_);
         host_pool& p = pools_[key{l, authority}];
-        p.owner = l;
+        p.waiting.owner = l;
         return p;
     }
     std::size_t idle_on(loop* l) const {
@@ -306,8 +258,8 @@ task<> acquire(detail::host_pool& pool, const parsed_url& u, std::size_t max, bo
     }
     if (pool.open >= max) {
         detail::slot_waiter w;
-        w.pool = &pool;
-        co_await detail::slot_wait{&w};
+        co_await pool.waiting.wait(w);
+        if (w.cancelled) throw operation_cancelled();
         out.pool = &pool;  // holds the slot from here on, connected or not
         if (w.stream.is_open()) {
             out.stream = std::move(w.stream);

@@ -3,6 +3,7 @@
 #include <tandem/time.hpp>
 
 #include "../uring_op.hpp"
+#include "../waiter_list.hpp"
 #include "cancel_fd.hpp"
 
 #include <netinet/in.h>
@@ -165,14 +166,9 @@ address tcp_stream::peer_address() const {
 
 namespace detail {
 
-struct accept_waiter : cancel_hook {
-    std::coroutine_handle<> handle;
-    accept_waiter* next = nullptr;
-    accept_waiter* prev = nullptr;
-    struct accept_state* state = nullptr;
+struct accept_waiter : waiter {
     int fd = -1;
     int error = 0;
-    bool cancelled = false;
     bool closed = false;  // the listener was closed while it waited
 };
 
@@ -188,41 +184,24 @@ struct accept_state final : completion, posted_item, loop_bound {
     bool close_posted = false;  // closed from another thread: `run` finishes it on the loop
     std::deque<int> ready;
     int pending_error = 0;
-    accept_waiter* head = nullptr;
-    accept_waiter* tail = nullptr;
+    waiter_list waiting;  // tasks in accept(), FIFO
 
-    void push(accept_waiter* w) noexcept {
-        w->prev = tail;
-        w->next = nullptr;
-        (tail != nullptr ? tail->next : head) = w;
-        tail = w;
-    }
-    void remove(accept_waiter* w) noexcept {
-        (w->prev != nullptr ? w->prev->next : head) = w->next;
-        (w->next != nullptr ? w->next->prev : tail) = w->prev;
-        w->next = w->prev = nullptr;
-        w->state = nullptr;
-    }
-    /// Takes the first waiter off the list and schedules it (never resumes it inline).
+    /// Hands the first waiting task an fd (or an error; both empty: arm the multishot again).
     bool wake_first(int fd_for_it, int error) noexcept {
-        accept_waiter* w = head;
+        auto* w = static_cast<accept_waiter*>(waiting.front());
         if (w == nullptr) return false;
-        remove(w);
-        w->cancel_hook::unlink();
         w->fd = fd_for_it;
         w->error = error;
-        owner->schedule(w->handle);
+        waiting.wake(w);
         return true;
     }
 
     /// Wakes the first waiter to tell it the listener is closed.
     bool wake_closed() noexcept {
-        accept_waiter* w = head;
+        auto* w = static_cast<accept_waiter*>(waiting.front());
         if (w == nullptr) return false;
-        remove(w);
-        w->cancel_hook::unlink();
         w->closed = true;
-        owner->schedule(w->handle);
+        waiting.wake(w);
         return true;
     }
 
@@ -231,6 +210,7 @@ struct accept_state final : completion, posted_item, loop_bound {
         auto* st = new accept_state;
         st->fd = fd;
         st->owner = &here;
+        st->waiting.owner = &here;
         st->complete = &on_complete;
         st->run = [](posted_item* item) noexcept {
             static_cast<accept_state*>(item)->close_on_loop();
@@ -293,33 +273,6 @@ struct accept_state final : completion, posted_item, loop_bound {
         // completion callback must not take SQEs).
         if (!more && res >= 0) st->wake_first(-1, 0);
     }
-};
-
-/// `co_await` parks the task in the listener's FIFO of waiters.
-struct accept_wait {
-    accept_waiter* w;
-    bool await_ready() const noexcept { return false; }
-    template <class P>
-    bool await_suspend(std::coroutine_handle<P> h) {
-        w->handle = h;
-        if (stop_node* node = stop_of(h); node != nullptr) {
-            w->on_cancel = [](cancel_hook* hook) noexcept {
-                auto* self = static_cast<accept_waiter*>(hook);
-                if (self->state == nullptr) return;
-                accept_state* st = self->state;
-                st->remove(self);
-                self->cancelled = true;
-                st->owner->schedule(self->handle);
-            };
-            if (!node->link(w)) {  // already stopped: resume at once, cancelled
-                w->cancelled = true;
-                return false;
-            }
-        }
-        w->state->push(w);
-        return true;
-    }
-    void await_resume() const noexcept {}
 };
 
 }  // namespace detail
@@ -401,8 +354,7 @@ task<tcp_stream> tcp_listener::accept() {
                 st->armed = true;
             }
             detail::accept_waiter w;
-            w.state = st;
-            co_await detail::accept_wait{&w};
+            co_await st->waiting.wait(w);
             if (w.cancelled) throw operation_cancelled();
             if (w.closed) throw operation_cancelled();
             if (w.fd >= 0) co_return tcp_stream(w.fd);
