@@ -2,9 +2,11 @@
 // The per-thread frame cache behind promise_base::operator new / delete.
 //
 // A frame freed on another thread than the one that allocated it joins the
-// freeing thread's cache. Each size class holds at most `max_depth` frames, so
-// a burst (100,000 sleepers) gives its memory back to malloc instead of
-// hoarding it. Off under the sanitizers, which must see every allocation.
+// freeing thread's cache. A thread's cache holds at most `budget` bytes, so a
+// burst (100,000 sleepers) gives most of its memory back to malloc instead of
+// hoarding it, while bursts of a few thousand tasks are served from the cache
+// (bench/sync_bench: spawning in batches of 1,024 cost 50 ns a task with 256
+// frames per size class, against 30 ns in batches of 256). Off under the sanitizers, which must see every allocation.
 #include <tandem/detail/frame_pool.hpp>
 
 #include <new>
@@ -30,7 +32,7 @@ class frame_cache {
 public:
     static constexpr std::size_t granule = 16;
     static constexpr std::size_t classes = 32;  // frames up to 512 bytes
-    static constexpr unsigned max_depth = 256;
+    static constexpr std::size_t budget = 1 << 20;
 
     static std::size_t size_class(std::size_t n) noexcept { return (n - 1) / granule; }
 
@@ -38,17 +40,17 @@ public:
         if (c >= classes || heads_[c] == nullptr) return nullptr;
         block* b = heads_[c];
         heads_[c] = b->next;
-        --depth_[c];
+        bytes_ -= (c + 1) * granule;
         return b;
     }
 
     bool give(void* p, std::size_t c) noexcept {
-        if (dead_ || c >= classes || depth_[c] >= max_depth) return false;
+        if (dead_ || c >= classes || bytes_ + (c + 1) * granule > budget) return false;
         if (!registered_) register_cleanup();
         auto* b = static_cast<block*>(p);
         b->next = heads_[c];
         heads_[c] = b;
-        ++depth_[c];
+        bytes_ += (c + 1) * granule;
         return true;
     }
 
@@ -76,12 +78,12 @@ private:
                 heads_[c] = b->next;
                 ::operator delete(b);
             }
-            depth_[c] = 0;
         }
+        bytes_ = 0;
     }
 
     block* heads_[classes] = {};
-    unsigned depth_[classes] = {};
+    std::size_t bytes_ = 0;  // cached, over all classes
     bool registered_ = false;
     bool dead_ = false;
 };

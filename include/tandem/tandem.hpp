@@ -6,6 +6,7 @@
 
 #include <tandem/address.hpp>
 #include <tandem/cancel.hpp>
+#include <tandem/channel.hpp>
 #include <tandem/codec.hpp>
 #include <tandem/combinators.hpp>
 #include <tandem/error.hpp>
@@ -14,6 +15,7 @@
 #include <tandem/net.hpp>
 #include <tandem/process.hpp>
 #include <tandem/runtime.hpp>
+#include <tandem/sync.hpp>
 #include <tandem/task.hpp>
 #include <tandem/task_group.hpp>
 #include <tandem/thread.hpp>
