@@ -46,9 +46,11 @@
 //   --mixed_rate=4000  --mixed_window=0.5 (seconds)  --mixed_pairs=12  --mixed_max_lag_us=1000
 //   --mixed_connections=100,1000  --mixed_pin=split|client|none  --mixed_passes=N (default:
 //   calibrated)  --mixed_server_args=--workers,1 (more mixed_server arguments, every server)
-// Full run: 12 rows x 13 pairs of 0.5 s windows, about three minutes. --benchmark_min_time
-// below 0.1 (CI passes 0.01): a smoke run of about 15 s, 2 pairs of 0.1 s windows (p99 of ~700
-// cheap requests: not a measurement).
+// Full run: 7 rows x 2 connection counts, 13 pairs of 0.5 s windows each: about three minutes
+// (the numbers in the README: --benchmark_repetitions=3, medians of the three). The ratios
+// move by 10-20 % from run to run here (see the none row): judge 1.3x on repetitions.
+// --benchmark_min_time below 0.1 (CI passes 0.01): a smoke run of about 13 s, 2 pairs of 0.1 s
+// windows (p99 of ~700 cheap requests: not a measurement).
 
 #include <benchmark/benchmark.h>
 

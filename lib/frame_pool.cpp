@@ -6,7 +6,8 @@
 // burst (100,000 sleepers) gives most of its memory back to malloc instead of
 // hoarding it, while bursts of a few thousand tasks are served from the cache
 // (bench/sync_bench: spawning in batches of 1,024 cost 50 ns a task with 256
-// frames per size class, against 30 ns in batches of 256). Off under the sanitizers, which must see every allocation.
+// frames per size class, against 30 ns in batches of 256). Off under the sanitizers, which must see
+// every allocation.
 #include <tandem/detail/frame_pool.hpp>
 
 #include <new>
