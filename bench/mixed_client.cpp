@@ -44,6 +44,8 @@
 // reply, I/O error or lost reply.
 #include <tandem/tandem.hpp>
 
+#include "../examples/mixed_protocol.hpp"
+
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -63,43 +65,7 @@ namespace {
 
 using clock_type = std::chrono::steady_clock;
 
-// ---- the protocol and the work: a copy of examples/mixed_server.cpp's (a mismatch shows up as
-// wrong replies) -------------------------------------------------------------------------------
-
-struct request {
-    std::uint32_t kind;  // 0 cheap, 1 heavy
-    std::uint32_t passes;
-    std::uint64_t seed;
-};
-struct reply {
-    std::uint32_t hashed;
-    std::uint32_t zero;
-    std::uint64_t value;
-};
-
-constexpr std::uint64_t splitmix64(std::uint64_t x) {
-    x += 0x9e3779b97f4a7c15;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111eb;
-    return x ^ (x >> 31);
-}
-
-constexpr std::array<std::uint64_t, 512> block = [] {
-    std::array<std::uint64_t, 512> b{};
-    for (std::size_t i = 0; i < b.size(); ++i) b[i] = splitmix64(i);
-    return b;
-}();
-
-std::uint64_t heavy_hash(std::uint64_t seed, std::uint32_t passes) {
-    std::uint64_t h = 0xcbf29ce484222325 ^ seed;
-    for (std::uint32_t p = 0; p < passes; ++p) {
-        for (std::uint64_t w : block) {
-            h = (h ^ w) * 0x100000001b3;
-            h ^= h >> 29;
-        }
-    }
-    return h;
-}
+using namespace mixed;  // the server's protocol and hash (examples/mixed_protocol.hpp)
 
 // ---- settings and the schedule ---------------------------------------------------------------
 

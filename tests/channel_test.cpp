@@ -1326,25 +1326,9 @@ tandem::task<> spawn_and_let_run(tandem::task<> t) {
     co_await tandem::yield();
 }
 
-/// Runs the hidden child test case in a fresh copy of this binary with a waiting `who`;
-/// returns its wait status and what it wrote (its stderr goes to its stdout).
+/// Runs the hidden child test case for `who` (sync_support.hpp).
 int run_child(const char* who, std::string* output) {
-    int fds[2];
-    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
-    const std::string marker = std::string(child_env) + "=" + who;
-    const pid_t pid = start_self("[child_channel_destroyed]", marker.c_str(), -1, fds[1]);
-    ::close(fds[1]);
-    REQUIRE(pid > 0);
-    char buf[4096];
-    for (;;) {
-        const ssize_t n = ::read(fds[0], buf, sizeof buf);
-        if (n <= 0) break;
-        output->append(buf, std::size_t(n));
-    }
-    ::close(fds[0]);
-    int status = 0;
-    REQUIRE(::waitpid(pid, &status, 0) == pid);
-    return status;
+    return run_child_case("[child_channel_destroyed]", child_env, who, output);
 }
 
 }  // namespace

@@ -9,6 +9,14 @@
 
 #include <tandem/tandem.hpp>
 
+#include "support.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -20,6 +28,7 @@
 #include <mutex>
 #include <random>
 #include <stop_token>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -179,5 +188,27 @@ private:
     bool done_ = false;
     std::thread thread_;
 };
+
+/// Runs the hidden test case `tag` in a fresh copy of this binary with `env`=`what` in its
+/// environment (a death test: the child commits one programmer error); returns its wait status
+/// and what it wrote (the child sends its stderr to its stdout).
+inline int run_child_case(const char* tag, const char* env, const char* what, std::string* output) {
+    int fds[2];
+    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    const std::string marker = std::string(env) + "=" + what;
+    const pid_t pid = start_self(tag, marker.c_str(), -1, fds[1]);
+    ::close(fds[1]);
+    REQUIRE(pid > 0);
+    char buf[4096];
+    for (;;) {
+        const ssize_t n = ::read(fds[0], buf, sizeof buf);
+        if (n <= 0) break;
+        output->append(buf, std::size_t(n));
+    }
+    ::close(fds[0]);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    return status;
+}
 
 }  // namespace sync_support
