@@ -14,6 +14,7 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <string>
 #include <system_error>
@@ -234,6 +235,9 @@ zygote::zygote(worker_main_fn worker_main, void* arg, std::span<const int> pass_
         ::close(pipe_fds[1]);
         fail(err, "socketpair for the command socket");
     }
+    // Output the parent buffered must not be written a second time by a copy in the zygote
+    // (seen under TSan, whose exit path flushes stdio).
+    std::fflush(nullptr);
     const pid_t pid = ::fork();
     if (pid == 0) {
         zygote_main(pipe_fds[0], socket_fds[1], pass_fds.data(), static_cast<int>(pass_fds.size()),
