@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
-// 04_tcp_echo: a TCP echo server and its clients, each connection a plain
+// 03_tcp_echo: a TCP echo server and its clients, each connection a plain
 // coroutine on one io thread. The server accepts on 127.0.0.1 (a free port),
 // echoes until the client shuts down its side; N clients run at once, send a
 // message, read it back and check it.
-// Run: build/examples/04_tcp_echo [clients]   (default: 1000)
+// Run: build/examples/03_tcp_echo [clients]   (default: 1000)
 #include <tandem/tandem.hpp>
 
 #include <sys/resource.h>
@@ -11,13 +11,18 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <string>
 #include <vector>
 
 // One connection: echo what arrives until the peer ends its side.
 tandem::task<> echo(tandem::tcp_stream s) {
     std::vector<std::byte> buf(4096);
-    while (std::size_t n = co_await s.read_some(buf)) co_await s.write_all(std::span(buf).first(n));
+    for (;;) {
+        const std::size_t n = co_await s.read_some(buf);
+        if (n == 0) co_return;  // the client shut down its side: done
+        co_await s.write_all(std::span(buf).first(n));
+    }
 }
 
 tandem::task<> serve(tandem::tcp_listener* listener, int connections) {
@@ -57,11 +62,18 @@ int main(int argc, char** argv) {
     ::setrlimit(RLIMIT_NOFILE, &limit);
     tandem::runtime_options options;
     options.processes.enabled = false;  // no CPU offload here
-    const auto start = std::chrono::steady_clock::now();
-    const int ok = tandem::run(run_all(clients), options);
-    const double ms =
-        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    std::printf("%d of %d clients got their message back in %.1f ms, on one thread\n", ok, clients,
-                ms);
-    return ok == clients ? 0 : 1;
+    try {
+        const auto start = std::chrono::steady_clock::now();
+        const int ok = tandem::run(run_all(clients), options);
+        const double ms =
+            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                .count();
+        std::printf("%d of %d clients got their message back in %.1f ms, on one thread\n", ok,
+                    clients, ms);
+        std::printf("%s\n", ok == clients ? "ok" : "FAILED");
+        return ok == clients ? 0 : 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
 }

@@ -1,15 +1,16 @@
 // SPDX-License-Identifier: MIT
-// 09_shared_array: a large array handed to a worker process without copying.
+// 08_shared_array: a large array handed to a worker process without copying.
 // The parent fills a shared_array (it lives in the pool's shared arena), a
 // worker doubles every element in place, and the parent sees the result as
 // soon as the job completes. Only the array's address and length travel.
-// Run: build/examples/09_shared_array [elements]   (default: 16777216)
+// Run: build/examples/08_shared_array [elements]   (default: 16777216)
 #include <tandem/tandem.hpp>
 
 #include <unistd.h>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 
 // Runs in a worker: `a` refers to the same memory the parent filled.
 int double_in_place(tandem::shared_array<double> a) {
@@ -35,8 +36,15 @@ tandem::task<bool> demo(std::size_t n) {
 
 int main(int argc, char** argv) {
     const std::size_t n = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : std::size_t{1} << 24;
-    tandem::runtime_options options;
-    options.processes.arena_bytes = n * sizeof(double) + (std::size_t{16} << 20);
-    tandem::runtime rt(options);
-    return rt.block_on(demo(n)) ? 0 : 1;
+    try {
+        tandem::runtime_options options;
+        options.processes.arena_bytes = n * sizeof(double) + (std::size_t{16} << 20);
+        tandem::runtime rt(options);
+        const bool ok = rt.block_on(demo(n));
+        std::printf("%s\n", ok ? "ok" : "FAILED");
+        return ok ? 0 : 1;
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "error: %s\n", e.what());
+        return 1;
+    }
 }
