@@ -22,8 +22,13 @@ usage: ./test.sh [options] [-- extra meson test arguments]
   --suite NAME          run only this meson test suite (may be repeated)
   --label WORD          tag the closing line: "[WORD] N passed / N failed" instead of the
                         plain "N passed, N failed" (used by .ci/run for its sub-runs)
+  --build-only          configure and build, run no test
+  --target NAME         build only this ninja target (may be repeated), e.g. demo/tandem-demo
+  --minimal             only what the library, the examples and the demo need: installs no
+                        test or benchmark packages and configures with -Dtests=false
+                        -Dbenchmarks=false (implies --build-only; ./demo.sh uses it)
   --format-check        only check formatting with clang-format --dry-run --Werror over
-                        include/ lib/ tests/ bench/ examples/, then exit
+                        include/ lib/ tests/ bench/ examples/ demo/, then exit
   -h, --help            show this help
 
 The counts are also written to DIR/tandem-summary.txt as "passed failed skipped".
@@ -44,6 +49,9 @@ compiler="gcc"
 buildtype=""
 label=""
 format_check=0
+build_only=0
+minimal=0
+targets=()
 suites=()
 extra_args=()
 
@@ -65,6 +73,10 @@ while [[ $# -gt 0 ]]; do
         --suite=*) suites+=("${1#*=}"); shift ;;
         --label) need_value "$@"; label=$2; shift 2 ;;
         --label=*) label=${1#*=}; shift ;;
+        --build-only) build_only=1; shift ;;
+        --target) need_value "$@"; targets+=("$2"); shift 2 ;;
+        --target=*) targets+=("${1#*=}"); shift ;;
+        --minimal) minimal=1; build_only=1; shift ;;
         --format-check) format_check=1; shift ;;
         -h | --help) usage; exit 0 ;;
         --) shift; extra_args=("$@"); break ;;
@@ -134,7 +146,7 @@ ensure_packages() {
 if [[ $format_check -eq 1 ]]; then
     ensure_packages clang-format || exit 1
     dirs=()
-    for d in include lib tests bench examples; do
+    for d in include lib tests bench examples demo; do
         [[ -d $d ]] && dirs+=("$d")
     done
     files=()
@@ -179,7 +191,10 @@ build_failed() {
     finish 0 1 0
 }
 
-packages=(g++ meson ninja-build pkg-config liburing-dev catch2 libbenchmark-dev libasio-dev python3 node-llhttp nginx-light wrk)
+packages=(g++ meson ninja-build pkg-config liburing-dev node-llhttp)
+if [[ $minimal -eq 0 ]]; then
+    packages+=(catch2 libbenchmark-dev libasio-dev python3 nginx-light wrk)
+fi
 if [[ $compiler == clang ]]; then
     packages+=(clang libclang-rt-dev)
 fi
@@ -192,6 +207,11 @@ export CC=$cc CXX=$cxx
 lundef=true
 [[ $sanitize != none ]] && lundef=false
 meson_options=(-Dbuildtype="$buildtype" -Db_sanitize="$sanitize" -Db_lundef="$lundef")
+if [[ $minimal -eq 1 ]]; then
+    meson_options+=(-Dtests=false -Dbenchmarks=false)
+else
+    meson_options+=(-Dtests=true -Dbenchmarks=true)
+fi
 # What `meson configure` cannot change (the compiler) forces a wipe when it differs.
 config_stamp="compiler=$compiler CC=$cc CXX=$cxx"
 stamp_file=$builddir/tandem-config.txt
@@ -208,7 +228,11 @@ else
 fi
 echo "$config_stamp" >"$stamp_file"
 
-ninja -C "$builddir" || build_failed "the build"
+ninja -C "$builddir" ${targets[@]+"${targets[@]}"} || build_failed "the build"
+if [[ $build_only -eq 1 ]]; then
+    echo "test.sh: built in $builddir"
+    exit 0
+fi
 
 # ---------------------------------------------------------------------------------------------
 # Test

@@ -50,8 +50,9 @@ struct section {
     std::string title;  // "I/O-bound: 1,000 concurrent requests"
     std::string work;   // one line: what the work was, in numbers
     std::vector<row> rows;
-    std::string chart;             // name of the cell to chart ("" = no chart for this section)
-    bool higher_is_better = true;  // for the chart's caption
+    std::string chart;  // name of the cell to chart ("" = no chart for this section)
+    std::vector<std::string> more_charts;  // further cells, charted below it in results.svg
+    bool higher_is_better = true;          // for the chart's caption
     std::string takeaway;  // one line computed from the numbers ("tandem: 4.1x the req/s ...")
     std::vector<std::string> problems;  // what went wrong; any entry makes the exit status 1
 };
