@@ -85,8 +85,8 @@ It runs the same work several ways, each in a process of its own, talks only to 
 needs no server installed, and stops by itself:
 
   io       I/O-bound: N HTTP requests at once to a slow backend (answers take 20-200 ms each):
-           tandem coroutines on one thread vs a thread per request vs a pool of 2 x cores
-           threads; time, latency, CPU, memory, threads
+           tandem coroutines on one event loop (and on one loop per core) vs a thread per
+           request vs a pool of 2 x cores threads; time, latency, CPU, memory, threads
   cpu      CPU-bound: counting primes inline vs offload_to_thread vs offload_to_process
   mixed    cheap requests' p99 while CPU work runs inline on the event loop vs offloaded
   failure  a worker process killed mid-run: exactly its job fails, the rest completes

@@ -479,6 +479,15 @@ void report(const load& l, section* out) {
         out->rows.push_back(server_row(sv, rounds, counted, out));
     }
     out->work += remark;
+    // "vs baseline" is the ratio of the p99s shown, so that the table's columns divide; the
+    // median of the per-round ratios (each mode against the baseline in the same round, which
+    // cancels a noisy moment of the machine) goes in the note.
+    const double base = out->rows[none].cells[1].value;
+    for (std::size_t m = 0; m < mode_count && base > 0; ++m) {
+        cell& ratio = out->rows[m].cells[3];
+        if (m != none) out->rows[m].note += util::format("; paired per round: %.2fx", ratio.value);
+        ratio.value = out->rows[m].cells[1].value / base;
+    }
     const auto cell = [&](std::size_t m, std::size_t c) { return out->rows[m].cells[c].value; };
     out->takeaway = util::format(
         "cheap-request p99: %.0f us with no CPU work; with the hash inline on the loop %.0f us "

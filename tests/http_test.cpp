@@ -18,6 +18,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <exception>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -531,9 +532,17 @@ tandem::task<> serve_until(script_server* srv, std::atomic<int>* done, int batch
     (void)co_await tandem::when_any(serve(srv), wait(done, batches));
 }
 
+/// batch(), then counts itself done, also when it failed: the server must not wait forever
+/// for a batch that threw (the test then fails with the batch's error instead of hanging).
 tandem::task<int> batch_then_count(tandem::http_client* c, std::string url, std::thread::id* t,
                                    std::atomic<int>* done) {
-    const int ok = co_await batch(c, std::move(url), t);
+    int ok = 0;
+    try {
+        ok = co_await batch(c, std::move(url), t);
+    } catch (...) {
+        ++*done;
+        throw;
+    }
     ++*done;
     co_return ok;
 }
@@ -549,9 +558,15 @@ TEST_CASE("http: names resolve; one client shared by tasks on two io threads") {
     std::atomic<int> done{0};
     std::thread::id first, second;
     int ok_other = 0;
+    std::exception_ptr other_failed;
     // The server and one batch on one loop, the other batch on the other loop.
-    std::thread other(
-        [&] { ok_other = rt.block_on(batch_then_count(&client, url, &second, &done)); });
+    std::thread other([&] {
+        try {
+            ok_other = rt.block_on(batch_then_count(&client, url, &second, &done));
+        } catch (...) {
+            other_failed = std::current_exception();
+        }
+    });
     auto here = [](script_server* s, tandem::http_client* c, std::string u, std::thread::id* t,
                    std::atomic<int>* d) -> tandem::task<int> {
         auto [ok, served] = co_await tandem::when_all(batch_then_count(c, std::move(u), t, d),
@@ -559,8 +574,15 @@ TEST_CASE("http: names resolve; one client shared by tasks on two io threads") {
         (void)served;
         co_return ok;
     };
-    const int ok_here = rt.block_on(here(&srv, &client, url, &first, &done));
+    int ok_here = 0;
+    try {
+        ok_here = rt.block_on(here(&srv, &client, url, &first, &done));
+    } catch (...) {
+        other.join();
+        throw;
+    }
     other.join();
+    if (other_failed) std::rethrow_exception(other_failed);
     CHECK(ok_here == 200);
     CHECK(ok_other == 200);
     CHECK(first != second);
