@@ -19,7 +19,8 @@ usage: ./test.sh [options] [-- extra meson test arguments]
                         (also address, undefined, leak)
   --compiler NAME       gcc (default) or clang
   --buildtype TYPE      meson buildtype (default: release; debugoptimized with --sanitize)
-  --suite NAME          run only this meson test suite (may be repeated)
+  --suite NAME          run only this meson test suite (may be repeated); the soak
+                        suite (about a minute) runs only when named: --suite soak
   --label WORD          tag the closing line: "[WORD] N passed / N failed" instead of the
                         plain "N passed, N failed" (used by .ci/run for its sub-runs)
   --build-only          configure and build, run no test
@@ -252,6 +253,8 @@ test_args=(-C "$builddir" --print-errorlogs --num-processes 2)
 for s in ${suites[@]+"${suites[@]}"}; do
     test_args+=(--suite "$s")
 done
+# The soak (about a minute of load and faults) runs only when named: --suite soak.
+[[ ${#suites[@]} -eq 0 ]] && test_args+=(--no-suite soak)
 
 testlog=$builddir/meson-logs/testlog.json
 rm -f "$testlog"

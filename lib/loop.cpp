@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "loop.hpp"
 
+#include "fd_advice.hpp"
+
 #include "ring_setup.hpp"
 
 #include <sys/eventfd.h>
@@ -104,7 +106,7 @@ loop::loop(unsigned entries, int wake_fd) {
     if (wake_fd_ < 0) {
         int err = errno;
         io_uring_queue_exit(&ring_);
-        throw std::system_error(err, std::system_category(), "tandem: eventfd");
+        throw std::system_error(err, std::system_category(), "tandem: eventfd" + fd_advice(err));
     }
     wake_op_.complete = &on_wake;
     shutdown_item_.run = &on_shutdown;

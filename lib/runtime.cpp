@@ -3,6 +3,7 @@
 #include <tandem/detail/thread_pool.hpp>
 #include <tandem/runtime.hpp>
 
+#include "fd_advice.hpp"
 #include "loop.hpp"
 #include "process/pool.hpp"
 
@@ -88,7 +89,8 @@ std::vector<int> make_wake_fds(unsigned n) {
         if (fd < 0) {
             const int err = errno;
             for (int f : fds) ::close(f);
-            throw std::system_error(err, std::system_category(), "tandem: eventfd");
+            throw std::system_error(err, std::system_category(),
+                                    "tandem: eventfd" + detail::fd_advice(err));
         }
         fds.push_back(fd);
     }

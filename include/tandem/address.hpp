@@ -37,7 +37,8 @@ public:
     /// C) and says what is wrong: empty text, a missing or bad port (not 0..65535
     /// in decimal), a host that is not a numeric IPv4 or a bracketed IPv6
     /// address, an unknown scope interface, an empty Unix path, a NUL byte in
-    /// one, or a name too long for `sun_path` (107 bytes at most). Calls
+    /// a path name or anywhere outside an abstract Unix name (`unix:@...`), or a
+    /// name too long for `sun_path` (107 bytes at most). Calls
     /// if_nametoindex(3) for a scope given by name; otherwise no system calls.
     static address parse(std::string_view text);
 

@@ -117,6 +117,9 @@ address address::parse(std::string_view text) {
         a.size_ = static_cast<socklen_t>(sun_path_offset + 1 + name.size());
         return a;
     }
+    // inet_pton and if_nametoindex take C strings: they would stop at a NUL and accept
+    // "1.2.3.4\0junk:80" as 1.2.3.4. Only a Unix name (above) may hold one.
+    if (text.find('\0') != std::string_view::npos) bad_text(text, "contains a NUL byte");
     if (text.front() == '[') {
         std::size_t close = text.find(']');
         if (close == std::string_view::npos) bad_text(text, "missing ']' after an IPv6 address");

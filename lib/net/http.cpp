@@ -1,10 +1,11 @@
 // SPDX-License-Identifier: MIT
 //
 // The HTTP/1.1 client. A request takes a connection from its host's pool (per
-// io thread), sends the request in one write, and feeds what it reads to
-// llhttp until the response is complete; the connection then goes back to
-// the pool if the response allows it. A lease (RAII) returns or closes the
-// connection on every path out, exceptions and cancellation included.
+// io thread), sends the request in one write, and feeds what it reads to the
+// response parser (http_parse.hpp: llhttp) until the response is complete; the
+// connection then goes back to the pool if the response allows it. A lease
+// (RAII) returns or closes the connection on every path out, exceptions and
+// cancellation included.
 
 #include <tandem/address.hpp>
 #include <tandem/http.hpp>
@@ -12,9 +13,9 @@
 
 #include "../loop.hpp"
 #include "../waiter_list.hpp"
+#include "http_parse.hpp"
 
 #include <arpa/inet.h>
-#include <llhttp.h>
 
 #include <algorithm>
 #include <array>
@@ -286,98 +287,8 @@ struct stream_access {
 
 namespace {
 
-/// What llhttp's callbacks fill in.
-struct response_state {
-    http_response response;
-    const http_client_options* options = nullptr;
-    std::size_t header_bytes = 0;
-    bool in_value = false;
-    bool head_request = false;
-    bool complete = false;
-    const char* failure = nullptr;  // set by a callback that stopped the parser
-};
-
-response_state& state_of(llhttp_t* p) {
-    return *static_cast<response_state*>(p->data);
-}
-
-int on_message_begin(llhttp_t* p) {
-    response_state& s = state_of(p);
-    s.response.headers.clear();
-    s.response.body.clear();
-    s.header_bytes = 0;
-    s.in_value = false;
-    return 0;
-}
-
-int count_header_bytes(response_state& s, std::size_t n) {
-    s.header_bytes += n;
-    if (s.header_bytes > s.options->max_header_bytes) {
-        s.failure = "response headers larger than max_header_bytes";
-        return -1;
-    }
-    return 0;
-}
-
-int on_header_field(llhttp_t* p, const char* at, std::size_t n) {
-    response_state& s = state_of(p);
-    if (s.in_value || s.response.headers.empty()) s.response.headers.emplace_back();
-    s.in_value = false;
-    s.response.headers.back().first.append(at, n);
-    return count_header_bytes(s, n);
-}
-
-int on_header_value(llhttp_t* p, const char* at, std::size_t n) {
-    response_state& s = state_of(p);
-    s.in_value = true;
-    s.response.headers.back().second.append(at, n);
-    return count_header_bytes(s, n);
-}
-
-int on_headers_complete(llhttp_t* p) {
-    response_state& s = state_of(p);
-    s.response.status = p->status_code;
-    if (p->status_code / 100 != 1 && (p->flags & F_CONTENT_LENGTH) != 0) {
-        if (p->content_length > s.options->max_body_bytes) {
-            s.failure = "response body larger than max_body_bytes";
-            return -1;
-        }
-        s.response.body.reserve(static_cast<std::size_t>(p->content_length));
-    }
-    return s.head_request ? 1 : 0;  // 1: a response to HEAD has no body
-}
-
-int on_body(llhttp_t* p, const char* at, std::size_t n) {
-    response_state& s = state_of(p);
-    if (s.response.body.size() + n > s.options->max_body_bytes) {
-        s.failure = "response body larger than max_body_bytes";
-        return -1;
-    }
-    s.response.body.append(at, n);
-    return 0;
-}
-
-int on_message_complete(llhttp_t* p) {
-    response_state& s = state_of(p);
-    if (s.response.status / 100 == 1) return 0;  // 100 Continue and friends: the next one counts
-    s.complete = true;
-    return HPE_PAUSED;  // stop right after this response: what follows is not ours
-}
-
-const llhttp_settings_t& parser_settings() {
-    static const llhttp_settings_t settings = [] {
-        llhttp_settings_t st;
-        llhttp_settings_init(&st);
-        st.on_message_begin = &on_message_begin;
-        st.on_header_field = &on_header_field;
-        st.on_header_value = &on_header_value;
-        st.on_headers_complete = &on_headers_complete;
-        st.on_body = &on_body;
-        st.on_message_complete = &on_message_complete;
-        return st;
-    }();
-    return settings;
-}
+using detail::parse_status;
+using detail::response_parser;
 
 /// Why a request on a reused connection may be tried again.
 struct stale_connection {};
@@ -394,12 +305,7 @@ std::string peer_name(const tcp_stream& s) {
 /// reused connection turns out closed before any byte of the response came.
 task<http_response> exchange(lease& c, const std::string& wire, bool head,
                              const http_client_options& options) {
-    response_state state;
-    state.options = &options;
-    state.head_request = head;
-    llhttp_t parser;
-    llhttp_init(&parser, HTTP_RESPONSE, &parser_settings());
-    parser.data = &state;
+    response_parser parser(options, head);
 
     try {
         co_await c.stream.write_all(std::as_bytes(std::span(wire)));
@@ -432,37 +338,32 @@ task<http_response> exchange(lease& c, const std::string& wire, bool head,
                 throw stale_connection{};
             throw;
         }
-        llhttp_errno_t err;
+        parse_status status;
         if (n == 0) {
             if (received == 0) {
                 if (c.reused) throw stale_connection{};
                 throw http_error("tandem: " + peer_name(c.stream) +
                                  " closed the connection without a response");
             }
-            err = llhttp_finish(&parser);  // completes a body that runs to the end of stream
-            if (!state.complete && state.failure == nullptr) {
+            status = parser.finish();  // completes a body that runs to the end of stream
+            if (status != parse_status::complete && !parser.over_limit()) {
                 throw http_error("tandem: " + peer_name(c.stream) +
                                  " closed the connection after " + std::to_string(received) +
                                  " bytes, before the response was complete");
             }
         } else {
             received += n;
-            err = llhttp_execute(&parser, buffer.data(), n);
+            status = parser.feed(std::string_view(buffer.data(), n));
         }
-        if (state.complete) {
+        if (status == parse_status::complete) {
             // Paused right after the response: bytes beyond it (or a close) end the connection.
-            const char* stop = llhttp_get_error_pos(&parser);
-            const bool trailing = n != 0 && stop != buffer.data() + n;
-            c.keep = n != 0 && !trailing && llhttp_should_keep_alive(&parser) != 0;
-            co_return std::move(state.response);
+            const bool trailing = n != 0 && parser.consumed() != n;
+            c.keep = n != 0 && !trailing && parser.keep_alive();
+            co_return parser.take();
         }
-        if (err != HPE_OK) {
-            if (state.failure != nullptr) {
-                c.keep = false;
-                malformed(c.stream, state.failure);
-            }
-            malformed(c.stream, std::string(llhttp_errno_name(err)) + " (" +
-                                    llhttp_get_error_reason(&parser) + ")");
+        if (status == parse_status::failed) {
+            c.keep = false;
+            malformed(c.stream, parser.error());
         }
         if (n == 0) malformed(c.stream, "the connection ended inside the response");
         if (n == buffer.size() && !large) {

@@ -151,6 +151,9 @@ task<> tcp_stream::shutdown_write() {
     const int fd = fd_;
     const int r = co_await detail::uring_op(
         [&](io_uring_sqe* sqe) { io_uring_prep_shutdown(sqe, fd, SHUT_WR); });
+    // A connected stream whose peer reset it is no longer connected: the kernel says
+    // ENOTCONN, which the stream reports as the reset it was.
+    if (r == -ENOTCONN) fail(ECONNRESET, "shutdown (the connection was reset)");
     if (r < 0) fail(-r, "shutdown");
 }
 

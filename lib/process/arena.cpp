@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "arena.hpp"
 
+#include "../fd_advice.hpp"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/sysinfo.h>
@@ -19,9 +21,9 @@ namespace tandem::detail {
 namespace {
 
 [[noreturn]] void fail(int err, const char* step, std::size_t bytes) {
-    throw std::system_error(
-        err, std::system_category(),
-        std::string("shared_arena: ") + step + " (" + std::to_string(bytes) + " bytes)");
+    throw std::system_error(err, std::system_category(),
+                            std::string("shared_arena: ") + step + " (" + std::to_string(bytes) +
+                                " bytes)" + fd_advice(err));
 }
 
 /// Physical memory in bytes, or SIZE_MAX when it cannot be read.

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "zygote.hpp"
 
+#include "../fd_advice.hpp"
+
 #include <fcntl.h>
 #include <linux/sched.h>
 #include <poll.h>
@@ -45,7 +47,7 @@ constexpr std::int32_t op_spawn = 1;
 static_assert(sizeof(zygote::reply) == 16);
 
 [[noreturn]] void fail(int err, const std::string& step) {
-    throw std::system_error(err, std::system_category(), "zygote: " + step);
+    throw std::system_error(err, std::system_category(), "zygote: " + step + fd_advice(err));
 }
 
 // ---- zygote side: async-signal-safe calls only ----------------------------------
@@ -66,9 +68,36 @@ void close_from(int first) noexcept {
 /// Leaves the zygote with fds 0-2 (opened on /dev/null if they were closed, so
 /// that nothing else lands there), the pipe at 3, the passed fds from 4 on and
 /// the socket after them.
+/// Closes every fd from 3 up except the `n` in `keep`, so that a zygote forked from a parent
+/// with a full fd table has room to arrange its own. Async-signal-safe.
+void close_all_but(const int* keep, int n) noexcept {
+    int sorted[zygote::max_passed_fds + 2];
+    for (int i = 0; i < n; ++i) {  // insertion sort: a handful of fds
+        int j = i;
+        for (; j > 0 && sorted[j - 1] > keep[i]; --j) sorted[j] = sorted[j - 1];
+        sorted[j] = keep[i];
+    }
+    int next = 3;  // the lowest fd not yet dealt with
+    for (int i = 0; i < n; ++i) {
+        if (sorted[i] > next) {
+            ::syscall(SYS_close_range, static_cast<unsigned>(next),
+                      static_cast<unsigned>(sorted[i] - 1), 0U);
+        }
+        if (sorted[i] >= next) next = sorted[i] + 1;
+    }
+    close_from(next);
+}
+
 void arrange_fds(int pipe_read, int socket, const int* passed, int n_passed) noexcept {
-    // Copies above every target first: any of them may sit where another goes.
-    constexpr int high = 1000;
+    int keep[zygote::max_passed_fds + 2];
+    keep[0] = pipe_read;
+    keep[1] = socket;
+    for (int i = 0; i < n_passed; ++i) keep[2 + i] = passed[i];
+    close_all_but(keep, n_passed + 2);
+    // Copies above every target first: any of them may sit where another goes. Just above the
+    // highest target, not at some large number: F_DUPFD fails with EINVAL at or past
+    // RLIMIT_NOFILE, and a pool must start under a low limit too.
+    const int high = first_passed_fd + n_passed + 1;
     const int pipe_copy = ::fcntl(pipe_read, F_DUPFD, high);
     const int socket_copy = ::fcntl(socket, F_DUPFD, high);
     if (pipe_copy < 0 || socket_copy < 0) ::_exit(120);
