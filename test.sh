@@ -121,31 +121,14 @@ fi
 # ---------------------------------------------------------------------------------------------
 # Packages
 
-ensure_packages() {
-    local missing=() pkg status
-    for pkg in "$@"; do
-        status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-        [[ $status == "install ok installed" ]] || missing+=("$pkg")
-    done
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    if ! command -v apt-get >/dev/null; then
-        echo "test.sh: missing packages (${missing[*]}) and no apt-get to install them" >&2
-        return 1
-    fi
-    if [[ $EUID -ne 0 ]]; then
-        echo "test.sh: missing packages; run as root, or: sudo apt-get install ${missing[*]}" >&2
-        return 1
-    fi
-    echo "test.sh: installing ${missing[*]}"
-    apt-get update || return 1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=tools/ensure_packages.sh
+source tools/ensure_packages.sh  # the working directory is the repository (above)
 
 # ---------------------------------------------------------------------------------------------
 # Format check
 
 if [[ $format_check -eq 1 ]]; then
-    ensure_packages clang-format || exit 1
+    ensure_packages test.sh clang-format || exit 1
     dirs=()
     for d in include lib tests bench examples demo; do
         [[ -d $d ]] && dirs+=("$d")
@@ -199,7 +182,7 @@ fi
 if [[ $compiler == clang ]]; then
     packages+=(clang libclang-rt-dev)
 fi
-ensure_packages "${packages[@]}" || build_failed "installing packages"
+ensure_packages test.sh "${packages[@]}" || build_failed "installing packages"
 
 # ---------------------------------------------------------------------------------------------
 # Configure and build

@@ -44,28 +44,11 @@ done
 
 # ---- packages ---------------------------------------------------------------------------------
 
-ensure_packages() {
-    local missing=() pkg status
-    for pkg in "$@"; do
-        status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-        [[ $status == "install ok installed" ]] || missing+=("$pkg")
-    done
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    if ! command -v apt-get >/dev/null; then
-        echo "run.sh: missing packages (${missing[*]}) and no apt-get to install them" >&2
-        return 1
-    fi
-    if [[ $EUID -ne 0 ]]; then
-        echo "run.sh: missing packages; run as root, or: sudo apt-get install ${missing[*]}" >&2
-        return 1
-    fi
-    echo "run.sh: installing ${missing[*]}"
-    apt-get update || return 1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=tools/ensure_packages.sh
+source tools/ensure_packages.sh  # the working directory is the repository (above)
 
 if command -v dpkg-query >/dev/null; then
-    ensure_packages clang libclang-rt-dev meson ninja-build pkg-config liburing-dev node-llhttp ||
+    ensure_packages fuzz clang libclang-rt-dev meson ninja-build pkg-config liburing-dev node-llhttp ||
         exit 2
 fi
 

@@ -246,21 +246,6 @@ void child_runtime_fd_sweep(bool pool) {
     std::_Exit(36);
 }
 
-long count_primes(long lo, long hi) {
-    long n = 0;
-    for (long x = lo < 2 ? 2 : lo; x < hi; ++x) {
-        bool prime = true;
-        for (long d = 2; d * d <= x; ++d) {
-            if (x % d == 0) {
-                prime = false;
-                break;
-            }
-        }
-        n += prime ? 1 : 0;
-    }
-    return n;
-}
-
 /// An echo of `bytes` over TCP and an offloaded job, side by side.
 tandem::task<int> sockets_and_offload(std::size_t bytes) {
     auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));

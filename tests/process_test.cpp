@@ -68,21 +68,6 @@ tandem::runtime_options pool_options(unsigned workers, std::size_t arena = 64 * 
 
 // ---- jobs -----------------------------------------------------------------------------------
 
-long count_primes(long lo, long hi) {
-    long n = 0;
-    for (long x = lo < 2 ? 2 : lo; x < hi; ++x) {
-        bool prime = true;
-        for (long d = 2; d * d <= x; ++d) {
-            if (x % d == 0) {
-                prime = false;
-                break;
-            }
-        }
-        n += prime ? 1 : 0;
-    }
-    return n;
-}
-
 int worker_pid() {
     return static_cast<int>(::getpid());
 }
@@ -193,17 +178,6 @@ struct tandem::codec<bomb> {
 namespace {
 
 // ---- process and fd bookkeeping --------------------------------------------------------------
-
-/// The children of this process, from every thread's /proc children list.
-std::set<pid_t> children() {
-    std::set<pid_t> pids;
-    for (const std::string& tid : dir_entries("/proc/self/task")) {
-        std::ifstream in("/proc/self/task/" + tid + "/children");
-        pid_t pid;
-        while (in >> pid) pids.insert(pid);
-    }
-    return pids;
-}
 
 /// True once the process `pid` (not necessarily our child) is gone, waiting up to `limit`.
 bool gone_within(pid_t pid, std::chrono::milliseconds limit) {

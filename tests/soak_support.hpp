@@ -199,17 +199,6 @@ inline std::uint64_t status_kib(const std::string& field) {
     return 0;
 }
 
-/// The children of this process, from every thread's /proc children list.
-inline std::set<pid_t> children() {
-    std::set<pid_t> pids;
-    for (const std::string& tid : dir_entries("/proc/self/task")) {
-        std::ifstream in("/proc/self/task/" + tid + "/children");
-        pid_t pid;
-        while (in >> pid) pids.insert(pid);
-    }
-    return pids;
-}
-
 /// True if `pid` has exited (or never existed) within `limit`. Not necessarily our child: a
 /// worker is the zygote's. An exited but unreaped process counts as gone (it runs nothing).
 inline bool exited_within(pid_t pid, std::chrono::milliseconds limit) {

@@ -603,7 +603,7 @@ run_result run_soak(soak_state& st, double seconds, unsigned connections, pid_t 
     const auto start = steady::now();
     {
         tandem::runtime rt(soak_options());
-        for (pid_t p : soak_support::children()) {
+        for (pid_t p : children()) {
             if (p != nginx_pid) out.pool_processes.insert(p);
         }
         for (unsigned i = 0; i < io_threads; ++i) {
@@ -897,7 +897,7 @@ TEST_CASE(
     for (const auto& f : files) contents.emplace_back(f.name, f.body);
     std::optional<nginx_fixture::nginx_server> web;
     web.emplace(nginx_fixture::nginx_options{.files = contents});
-    const auto nginx_children = soak_support::children();
+    const auto nginx_children = children();
     const auto start = footprint::now();
 
     // The warm-up: the same load, briefly, so that the baseline includes what the allocator and
@@ -931,7 +931,7 @@ TEST_CASE(
     audit_footprint(start, baseline, end);
     {
         INFO("children other than nginx: the pool's zygote and workers must be gone");
-        CHECK(soak_support::children() == nginx_children);
+        CHECK(children() == nginx_children);
     }
     web.reset();
     INFO("a child process is left after nginx was stopped and reaped");

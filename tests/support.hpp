@@ -8,6 +8,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <set>
 #include <string>
 #include <vector>
@@ -66,4 +67,31 @@ inline pid_t start_self(const char* tag, const char* env_marker, int stdin_fd = 
         ::_exit(127);
     }
     return pid;
+}
+
+/// The children of this process, from every thread's /proc children list.
+inline std::set<pid_t> children() {
+    std::set<pid_t> pids;
+    for (const std::string& tid : dir_entries("/proc/self/task")) {
+        std::ifstream in("/proc/self/task/" + tid + "/children");
+        pid_t pid;
+        while (in >> pid) pids.insert(pid);
+    }
+    return pids;
+}
+
+/// The primes in [lo, hi), by trial division: a plain function for worker processes to run.
+inline long count_primes(long lo, long hi) {
+    long n = 0;
+    for (long x = lo < 2 ? 2 : lo; x < hi; ++x) {
+        bool prime = true;
+        for (long d = 2; d * d <= x; ++d) {
+            if (x % d == 0) {
+                prime = false;
+                break;
+            }
+        }
+        n += prime ? 1 : 0;
+    }
+    return n;
 }

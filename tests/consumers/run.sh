@@ -48,27 +48,10 @@ repo=$(cd "$here/../.." && pwd)
 # ---------------------------------------------------------------------------------------------
 # Packages
 
-ensure_packages() {
-    local missing=() pkg status
-    for pkg in "$@"; do
-        status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
-        [[ $status == "install ok installed" ]] || missing+=("$pkg")
-    done
-    [[ ${#missing[@]} -eq 0 ]] && return 0
-    if ! command -v apt-get >/dev/null; then
-        echo "consumers: missing packages (${missing[*]}) and no apt-get to install them" >&2
-        return 1
-    fi
-    if [[ $EUID -ne 0 ]]; then
-        echo "consumers: missing packages; run as root, or: sudo apt-get install ${missing[*]}" >&2
-        return 1
-    fi
-    echo "consumers: installing ${missing[*]}"
-    apt-get update || return 1
-    DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}"
-}
+# shellcheck source=../../tools/ensure_packages.sh
+source "$here/../../tools/ensure_packages.sh"
 
-ensure_packages g++ meson ninja-build cmake pkg-config liburing-dev node-llhttp binutils ||
+ensure_packages consumers g++ meson ninja-build cmake pkg-config liburing-dev node-llhttp binutils ||
     die "cannot install what the consumers need"
 
 # ---------------------------------------------------------------------------------------------
