@@ -23,6 +23,8 @@ usage: ./test.sh [options] [-- extra meson test arguments]
                         suite (about a minute) runs only when named: --suite soak
   --label WORD          tag the closing line: "[WORD] N passed / N failed" instead of the
                         plain "N passed, N failed" (used by .ci/run for its sub-runs)
+  --block-io-uring      run every test with io_uring blocked by a seccomp filter (EPERM, as
+                        in Docker): the runtime falls back to its epoll backend
   --build-only          configure and build, run no test
   --target NAME         build only this ninja target (may be repeated), e.g. demo/tandem-demo
   --minimal             only what the library, the examples and the demo need: installs no
@@ -51,6 +53,7 @@ buildtype=""
 label=""
 format_check=0
 build_only=0
+block_io_uring=0
 minimal=0
 targets=()
 suites=()
@@ -75,6 +78,7 @@ while [[ $# -gt 0 ]]; do
         --label) need_value "$@"; label=$2; shift 2 ;;
         --label=*) label=${1#*=}; shift ;;
         --build-only) build_only=1; shift ;;
+        --block-io-uring) block_io_uring=1; shift ;;
         --target) need_value "$@"; targets+=("$2"); shift 2 ;;
         --target=*) targets+=("${1#*=}"); shift ;;
         --minimal) minimal=1; build_only=1; shift ;;
@@ -238,8 +242,15 @@ for s in ${suites[@]+"${suites[@]}"}; do
 done
 # The soak (about a minute of load and faults) runs only when named: --suite soak.
 [[ ${#suites[@]} -eq 0 ]] && test_args+=(--no-suite soak)
+if [[ $block_io_uring -eq 1 ]]; then
+    wrapper=$(realpath "$builddir/tests/no_io_uring")
+    [[ -x $wrapper ]] || die "--block-io-uring needs $builddir/tests/no_io_uring (a test build)"
+    test_args+=(--wrapper "$wrapper")
+fi
 
 testlog=$builddir/meson-logs/testlog.json
+# meson names the log after the wrapper.
+[[ $block_io_uring -eq 1 ]] && testlog=$builddir/meson-logs/testlog-no_io_uring.json
 rm -f "$testlog"
 test_rc=0
 meson test "${test_args[@]}" ${extra_args[@]+"${extra_args[@]}"} || test_rc=$?

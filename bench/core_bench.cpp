@@ -8,6 +8,15 @@
 // pairs each tandem/<what> with its peer and prints the ratio, the difference
 // and the target where the issue sets one.
 //
+// tandem/<what> runs on io_uring (runtime_options::backend = io_uring);
+// tandem_epoll/<what> is the same code on the epoll fallback, for what goes
+// through the loop: yield, hop_round_trip, sleep_0, sleepers_100k and the NOPs.
+// (task_await, when_all_10 and timeout_not_fired never wait on the loop, so
+// the backend cannot change them.) The epoll backend interprets a NOP in user
+// space, with no system call: its nop_* rows show the loop's own overhead per
+// operation, not an I/O path. A second table prints tandem_epoll against
+// tandem on io_uring and against Asio, whose reactor is epoll too.
+//
 // How the tandem numbers are taken: the benchmark function starts a runtime
 // and runs one coroutine on an io thread; that coroutine iterates the
 // benchmark::State itself, so the timed loop contains only the operation, not
@@ -57,15 +66,19 @@ namespace {
 
 // ---- shared helpers -----------------------------------------------------------
 
-tandem::runtime_options one_io_thread() {
+using tandem::io_backend;
+
+tandem::runtime_options one_io_thread(io_backend backend = io_backend::io_uring) {
     tandem::runtime_options o;
     o.io_threads = 1;
+    o.backend = backend;
     return o;
 }
 
-tandem::runtime_options two_io_threads() {
+tandem::runtime_options two_io_threads(io_backend backend) {
     tandem::runtime_options o;
     o.io_threads = 2;
+    o.backend = backend;
     return o;
 }
 
@@ -149,12 +162,12 @@ void probe_new_delete_frame(benchmark::State& state) {
 
 // ---- 2. resume through the loop ---------------------------------------------------
 
-void tandem_yield(benchmark::State& state) {
+void tandem_yield(benchmark::State& state, io_backend backend) {
     tandem::run(
         [](benchmark::State* s) -> tandem::task<> {
             for (auto _ : *s) co_await tandem::yield();
         }(&state),
-        one_io_thread());
+        one_io_thread(backend));
 }
 
 // yield() is an out-of-line task<>: each call also creates and frees a frame.
@@ -212,8 +225,8 @@ void asio_when_all(benchmark::State& state) {
 
 // ---- 4. a hop to the other loop and back ----------------------------------------------
 
-void tandem_hop(benchmark::State& state) {
-    tandem::runtime rt(two_io_threads());
+void tandem_hop(benchmark::State& state, io_backend backend) {
+    tandem::runtime rt(two_io_threads(backend));
     tandem::detail::loop* a = tandem::detail_loop_of(rt, 0);
     tandem::detail::loop* b = tandem::detail_loop_of(rt, 1);
     rt.block_on([](benchmark::State* s, tandem::detail::loop* a,
@@ -275,12 +288,12 @@ void asio_timeout_not_fired(benchmark::State& state) {
 }
 
 // A timer that is already due: arm, fire at the next loop turn, resume.
-void tandem_sleep_0(benchmark::State& state) {
+void tandem_sleep_0(benchmark::State& state, io_backend backend) {
     tandem::run(
         [](benchmark::State* s) -> tandem::task<> {
             for (auto _ : *s) co_await tandem::sleep_for(0ns);
         }(&state),
-        one_io_thread());
+        one_io_thread(backend));
 }
 
 void asio_sleep_0(benchmark::State& state) {
@@ -318,7 +331,7 @@ double ms_since(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
 }
 
-void tandem_sleepers(benchmark::State& state) {
+void tandem_sleepers(benchmark::State& state, io_backend backend) {
     double late_ms = 0;
     tandem::run(
         [](benchmark::State* s, double* late) -> tandem::task<> {
@@ -332,7 +345,7 @@ void tandem_sleepers(benchmark::State& state) {
                 *late += ms_since(start + last_deadline());
             }
         }(&state, &late_ms),
-        one_io_thread());
+        one_io_thread(backend));
     state.counters["late_ms"] = benchmark::Counter(late_ms, benchmark::Counter::kAvgIterations);
 }
 
@@ -368,14 +381,14 @@ void raw_sleepers(benchmark::State& state) {
 
 auto prep_nop = [](io_uring_sqe* sqe) { io_uring_prep_nop(sqe); };
 
-void tandem_nop_batch_1(benchmark::State& state) {
+void tandem_nop_batch_1(benchmark::State& state, io_backend backend) {
     tandem::run(
         [](benchmark::State* s) -> tandem::task<> {
             int sum = 0;
             for (auto _ : *s) sum += co_await tandem::detail::uring_op(prep_nop);
             benchmark::DoNotOptimize(sum);
         }(&state),
-        one_io_thread());
+        one_io_thread(backend));
 }
 
 void raw_nop_batch_1(benchmark::State& state) {
@@ -403,7 +416,7 @@ tandem::task<> nop_loop(int n) {
     }
 }
 
-void tandem_nop_batch_32(benchmark::State& state) {
+void tandem_nop_batch_32(benchmark::State& state, io_backend backend) {
     tandem::run(
         [](benchmark::State* s) -> tandem::task<> {
             while (s->KeepRunningBatch(batch * per_task)) {
@@ -413,7 +426,7 @@ void tandem_nop_batch_32(benchmark::State& state) {
                 co_await tandem::when_all(std::move(workers));
             }
         }(&state),
-        one_io_thread());
+        one_io_thread(backend));
 }
 
 void raw_nop_batch_32(benchmark::State& state) {
@@ -443,26 +456,35 @@ void register_all() {
     RegisterBenchmark("asio/task_await", asio_task_await);
     RegisterBenchmark("probe/new_delete", probe_new_delete_frame)->Arg(64)->Arg(128);
 
-    RegisterBenchmark("tandem/yield", tandem_yield);
+    const io_backend uring = io_backend::io_uring;
+    const io_backend epoll = io_backend::epoll;
+
+    RegisterBenchmark("tandem/yield", tandem_yield, uring);
+    RegisterBenchmark("tandem_epoll/yield", tandem_yield, epoll);
     RegisterBenchmark("asio/yield", asio_yield);
     RegisterBenchmark("proto/yield_awaiter_no_frame", proto_yield_awaiter);
 
     RegisterBenchmark("tandem/when_all_10", tandem_when_all);
     RegisterBenchmark("asio/when_all_10", asio_when_all);
 
-    RegisterBenchmark("tandem/hop_round_trip", tandem_hop)->UseRealTime();
+    RegisterBenchmark("tandem/hop_round_trip", tandem_hop, uring)->UseRealTime();
+    RegisterBenchmark("tandem_epoll/hop_round_trip", tandem_hop, epoll)->UseRealTime();
     RegisterBenchmark("asio/hop_round_trip", asio_hop)->UseRealTime();
 
     RegisterBenchmark("tandem/timeout_not_fired", tandem_timeout_not_fired);
     RegisterBenchmark("asio/timeout_not_fired", asio_timeout_not_fired);
-    RegisterBenchmark("tandem/sleep_0", tandem_sleep_0);
+    RegisterBenchmark("tandem/sleep_0", tandem_sleep_0, uring);
+    RegisterBenchmark("tandem_epoll/sleep_0", tandem_sleep_0, epoll);
     RegisterBenchmark("asio/sleep_0", asio_sleep_0);
     // Fixed iterations: each one is ~50 ms of waiting, so min_time does not apply.
-    RegisterBenchmark("tandem/sleepers_100k", tandem_sleepers)
-        ->Iterations(3)
-        ->MeasureProcessCPUTime()
-        ->UseRealTime()
-        ->Unit(benchmark::kMillisecond);
+    for (auto [name, backend] : {std::pair{"tandem/sleepers_100k", uring},
+                                 std::pair{"tandem_epoll/sleepers_100k", epoll}}) {
+        RegisterBenchmark(name, tandem_sleepers, backend)
+            ->Iterations(3)
+            ->MeasureProcessCPUTime()
+            ->UseRealTime()
+            ->Unit(benchmark::kMillisecond);
+    }
     // One iteration: the kernel's timeouts take seconds for 100k here.
     RegisterBenchmark("raw_uring/sleepers_100k", raw_sleepers)
         ->Iterations(1)
@@ -470,10 +492,13 @@ void register_all() {
         ->UseRealTime()
         ->Unit(benchmark::kMillisecond);
 
-    RegisterBenchmark("tandem/nop_batch_1", tandem_nop_batch_1);
+    RegisterBenchmark("tandem/nop_batch_1", tandem_nop_batch_1, uring);
     RegisterBenchmark("raw_uring/nop_batch_1", raw_nop_batch_1);
-    RegisterBenchmark("tandem/nop_batch_32", tandem_nop_batch_32);
+    RegisterBenchmark("tandem/nop_batch_32", tandem_nop_batch_32, uring);
     RegisterBenchmark("raw_uring/nop_batch_32", raw_nop_batch_32);
+    // Interpreted in user space by the epoll backend (no system call): the loop's overhead.
+    RegisterBenchmark("tandem_epoll/nop_batch_1", tandem_nop_batch_1, epoll);
+    RegisterBenchmark("tandem_epoll/nop_batch_32", tandem_nop_batch_32, epoll);
 }
 
 // ---- summary -----------------------------------------------------------------------------
@@ -555,10 +580,54 @@ public:
                         name.c_str(), median(samples, false) / 1e6, median(samples, true) / 1e6,
                         std::chrono::duration<double, std::milli>(last_deadline()).count());
         }
+        print_epoll_summary();
         std::fflush(stdout);
     }
 
+    /// tandem_epoll/<what> against tandem/<what> (io_uring) and asio/<what> (epoll).
+    void print_epoll_summary() const {
+        std::printf(
+            "\nThe epoll backend: tandem_epoll/<what> over tandem/<what> (io_uring) and over "
+            "asio/<what> (epoll);\nratios on real and CPU time (hop_round_trip spans two "
+            "threads: read real; sleepers_100k: wall and process CPU;\nnop_*: a NOP is "
+            "interpreted in user space on epoll, no system call)\n");
+        std::printf("%-16s %10s %10s %10s %10s %10s %10s\n", "what", "epoll real", "epoll cpu",
+                    "/tandem r", "/tandem c", "/asio r", "/asio c");
+        for (const auto& [name, samples] : results_) {
+            if (name.rfind("tandem_epoll/", 0) != 0) continue;
+            const std::string what = name.substr(13);  // with gbench's "/real_time" etc.
+            const std::string shown = what.substr(0, what.find('/'));
+            const double e_real = median(samples, false);
+            const double e_cpu = median(samples, true);
+            auto ratio = [&](const char* peer, bool cpu) {
+                auto it = results_.find(peer + what);
+                if (it == results_.end()) return std::string("-");
+                char buf[16];
+                std::snprintf(buf, sizeof buf, "%.2f",
+                              (cpu ? e_cpu : e_real) / median(it->second, cpu));
+                return std::string(buf);
+            };
+            std::printf("%-16s %10s %10s %10s %10s %10s %10s\n", shown.c_str(),
+                        time_text(e_real).c_str(), time_text(e_cpu).c_str(),
+                        ratio("tandem/", false).c_str(), ratio("tandem/", true).c_str(),
+                        ratio("asio/", false).c_str(), ratio("asio/", true).c_str());
+        }
+    }
+
 private:
+    /// "337.4 ns", "8.69 us", "55.1 ms".
+    static std::string time_text(double ns) {
+        char buf[32];
+        if (ns < 1e4) {
+            std::snprintf(buf, sizeof buf, "%.1f ns", ns);
+        } else if (ns < 1e7) {
+            std::snprintf(buf, sizeof buf, "%.2f us", ns / 1e3);
+        } else {
+            std::snprintf(buf, sizeof buf, "%.1f ms", ns / 1e6);
+        }
+        return buf;
+    }
+
     struct sample {
         double real_ns;
         double cpu_ns;

@@ -3,10 +3,13 @@
 // tandem (tcp_listener::accept, a coroutine per connection doing read_some /
 // write_all), against a raw liburing loop with tandem's ring flags (the floor)
 // and against Asio's C++20 coroutines. The target: tandem's server
-// CPU per request at most 1.05x the raw loop's.
+// CPU per request at most 1.05x the raw loop's. tandem_epoll is the same
+// tandem server on runtime_options::backend = epoll (the fallback where
+// io_uring is blocked); its fair peer is Asio, whose reactor is epoll too.
 //
 //   <server>/<S>B/<N>conns   S in {64, 512} bytes, N in {1, 10, 100, 1000,
-//                            10000} connections; server in {tandem, raw, asio}
+//                            10000} connections; server in {tandem, raw,
+//                            asio, tandem_epoll}
 //
 // How one benchmark runs (echo_servers.hpp, echo_client.hpp):
 //
@@ -36,7 +39,9 @@
 // The reported time is the named server's windows (manual time). After the
 // normal output a table prints, per configuration, ns/req of the three and
 // their vs_raw ratios (raw against raw shows the method's noise), and whether
-// tandem met 1.05x (medians when --benchmark_repetitions is given).
+// tandem met 1.05x (medians when --benchmark_repetitions is given); a second
+// table puts tandem_epoll against tandem on io_uring and against Asio (ratios
+// of their vs_raw ratios: each was measured against the same raw loop).
 //
 // Every process needs N + a few fds (10,000 connections fit under a 20,000
 // limit). Iterations: windows for 3 x --benchmark_min_time per server, at
@@ -60,6 +65,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <iterator>
 #include <map>
 #include <memory>
 #include <string>
@@ -71,7 +77,8 @@ namespace {
 using namespace std::chrono_literals;
 
 using kind = echo::server_kind;
-constexpr kind kinds[] = {kind::tandem, kind::raw, kind::asio};
+constexpr kind kinds[] = {kind::tandem, kind::raw, kind::asio, kind::tandem_epoll};
+constexpr std::size_t n_kinds = std::size(kinds);
 constexpr std::size_t sizes[] = {64, 512};
 
 const char* name_of(kind k) {
@@ -82,6 +89,8 @@ const char* name_of(kind k) {
             return "raw";
         case kind::asio:
             return "asio";
+        case kind::tandem_epoll:
+            return "tandem_epoll";
     }
     return "?";
 }
@@ -280,7 +289,7 @@ benchmark::IterationCount iterations_for(std::size_t conns) {
 }
 
 void register_all() {
-    // The three servers of a configuration run back to back.
+    // The servers of a configuration run back to back.
     for (std::size_t size : sizes) {
         for (std::size_t conns : cfg.conn_counts) {
             for (kind k : kinds) {
@@ -328,7 +337,15 @@ public:
     void print_summary() const;
 
 private:
+    /// One configuration's medians, indexed by server_kind.
+    struct row {
+        double ns[n_kinds];
+        double rate[n_kinds];
+        double ratio[n_kinds];  // vs_raw
+    };
+    row row_of(std::size_t size, std::size_t conns) const;
     double print_row(std::size_t size, std::size_t conns) const;
+    void print_epoll_summary() const;
 
     using series = std::map<std::string, std::vector<double>>;
 
@@ -347,18 +364,21 @@ private:
     std::map<std::string, series> results_;
 };
 
-/// Prints one configuration's row; returns tandem/raw (NaN if not run).
-double summary_reporter::print_row(std::size_t size, std::size_t conns) const {
-    double ns[3];
-    double rate[3];
-    double ratio[3];
+summary_reporter::row summary_reporter::row_of(std::size_t size, std::size_t conns) const {
+    row r;
     for (kind k : kinds) {
         const auto i = static_cast<std::size_t>(k);
         const std::string name = config_name(k, size, conns);
-        ns[i] = median(name, "server_ns_per_req");
-        rate[i] = median(name, "req_per_s");
-        ratio[i] = median(name, "vs_raw");
+        r.ns[i] = median(name, "server_ns_per_req");
+        r.rate[i] = median(name, "req_per_s");
+        r.ratio[i] = median(name, "vs_raw");
     }
+    return r;
+}
+
+/// Prints one configuration's row; returns tandem/raw (NaN if not run).
+double summary_reporter::print_row(std::size_t size, std::size_t conns) const {
+    const auto [ns, rate, ratio] = row_of(size, conns);
     if (std::isnan(ns[0]) && std::isnan(ns[1]) && std::isnan(ns[2])) return ns[0];  // filtered out
     const char* verdict = std::isnan(ratio[0])       ? "not run"
                           : ratio[0] <= target_ratio ? "met"
@@ -401,7 +421,49 @@ void summary_reporter::print_summary() const {
             "(smoke run: too few windows for these ratios to mean anything; run without "
             "--benchmark_min_time for numbers)\n");
     }
+    print_epoll_summary();
     std::fflush(stdout);
+}
+
+/// tandem_epoll against tandem on io_uring and against Asio (epoll as well): the ratio of
+/// their vs_raw medians, so each side of a ratio had the raw loop as its peer.
+void summary_reporter::print_epoll_summary() const {
+    constexpr auto t = static_cast<std::size_t>(kind::tandem);
+    constexpr auto a = static_cast<std::size_t>(kind::asio);
+    constexpr auto e = static_cast<std::size_t>(kind::tandem_epoll);
+    std::printf(
+        "\nThe epoll backend (tandem_epoll: the tandem server on backend = epoll). Ratios of "
+        "the vs_raw medians.\n");
+    std::printf("%5s %6s %8s %11s %13s %11s %11s\n", "size", "conns", "epoll", "epoll/raw",
+                "epoll/tandem", "epoll/asio", "epoll r/s");
+    int n_uring = 0, n_asio = 0;
+    double log_uring = 0, log_asio = 0;
+    for (std::size_t size : sizes) {
+        for (std::size_t conns : cfg.conn_counts) {
+            const row r = row_of(size, conns);
+            if (std::isnan(r.ns[e])) continue;  // filtered out, or failed
+            const double vs_uring = r.ratio[e] / r.ratio[t];
+            const double vs_asio = r.ratio[e] / r.ratio[a];
+            std::printf("%5zu %6zu %8s %11s %13s %11s %11s\n", size, conns,
+                        cell(r.ns[e], 0).c_str(), cell(r.ratio[e], 3).c_str(),
+                        cell(vs_uring, 3).c_str(), cell(vs_asio, 3).c_str(),
+                        cell(r.rate[e], 0).c_str());
+            if (!std::isnan(vs_uring)) {
+                log_uring += std::log(vs_uring);
+                ++n_uring;
+            }
+            if (!std::isnan(vs_asio)) {
+                log_asio += std::log(vs_asio);
+                ++n_asio;
+            }
+        }
+    }
+    if (n_uring > 0)
+        std::printf("epoll/tandem (io_uring) geometric mean %.3f over %d configurations\n",
+                    std::exp(log_uring / n_uring), n_uring);
+    if (n_asio > 0)
+        std::printf("epoll/asio geometric mean %.3f over %d configurations\n",
+                    std::exp(log_asio / n_asio), n_asio);
 }
 
 /// --benchmark_min_time as given (gbench 1.7 takes seconds; 1.8 may add "s").

@@ -74,16 +74,17 @@ tandem::task<> serve(tandem::tcp_listener listener) {
     co_await connections.join();
 }
 
-tandem::runtime_options one_io_thread() {
+tandem::runtime_options one_io_thread(bool epoll) {
     tandem::runtime_options o;
     o.io_threads = 1;
     o.processes.enabled = false;  // no CPU offload here
+    o.backend = epoll ? tandem::io_backend::epoll : tandem::io_backend::io_uring;
     return o;
 }
 
 class tandem_server final : public server {
 public:
-    explicit tandem_server(int cpu) : rt_(one_io_thread()) {
+    tandem_server(int cpu, bool epoll) : rt_(one_io_thread(epoll)) {
         auto listener = tandem::tcp_listener::bind(tandem::address::loopback(0));
         port_ = listener.local_address().port();
         rt_.block_on(on_io_thread(this, cpu));
@@ -342,8 +343,8 @@ private:
 
 }  // namespace
 
-std::unique_ptr<server> start_tandem_server(int cpu) {
-    return std::make_unique<tandem_server>(cpu);
+std::unique_ptr<server> start_tandem_server(int cpu, bool epoll) {
+    return std::make_unique<tandem_server>(cpu, epoll);
 }
 
 std::unique_ptr<server> start_raw_server(int cpu) {
@@ -370,6 +371,8 @@ std::unique_ptr<detail::server> start_in_this_process(server_kind kind, int cpu)
             return detail::start_raw_server(cpu);
         case server_kind::asio:
             return detail::start_asio_server(cpu);
+        case server_kind::tandem_epoll:
+            return detail::start_tandem_server(cpu, true);
     }
     throw std::invalid_argument("unknown server kind");
 }

@@ -1,19 +1,20 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
-// The three echo servers that bench/echo_bench.cpp compares, each on
-// 127.0.0.1 (a free port) with one thread of its own, in a child process of
-// its own:
+// The echo servers that bench/echo_bench.cpp compares, each on 127.0.0.1 (a
+// free port) with one thread of its own, in a child process of its own:
 //
 //   tandem  a runtime with one io thread: tcp_listener::accept and one
 //           coroutine per connection doing read_some / write_all
+//   tandem_epoll  the same code on a runtime made with backend = epoll (the
+//           fallback for where io_uring is blocked)
 //   raw     a hand-written liburing loop on a ring set up by tandem's own code
 //           (lib/ring_setup.cpp, so the same flags): multishot accept, RECV
 //           then SEND per connection, one io_uring_submit_and_wait per turn
 //   asio    Asio's C++20 coroutines (co_spawn, use_awaitable) on one
 //           io_context (its default epoll reactor)
 //
-// All three echo whatever one receive returns, into a 4 KiB buffer per
+// All of them echo whatever one receive returns, into a 4 KiB buffer per
 // connection, until the peer closes or resets the connection.
 //
 // A process each, so that a benchmark can keep two servers with 10,000
@@ -34,7 +35,7 @@ namespace echo {
 /// Receive buffer per connection, the same for every server.
 inline constexpr std::size_t buffer_size = 4096;
 
-enum class server_kind { tandem, raw, asio };
+enum class server_kind { tandem, raw, asio, tandem_epoll };
 
 /// A server running in a child process of its own.
 class server_process {
@@ -92,7 +93,8 @@ protected:
 
 /// Each starts its server and returns once it accepts. Throw
 /// std::system_error (io_uring unavailable, no port, ...).
-std::unique_ptr<server> start_tandem_server(int cpu);
+/// `epoll`: the tandem server on runtime_options::backend = epoll.
+std::unique_ptr<server> start_tandem_server(int cpu, bool epoll = false);
 std::unique_ptr<server> start_raw_server(int cpu);
 std::unique_ptr<server> start_asio_server(int cpu);
 

@@ -6,6 +6,10 @@
 // http_peer_common.hpp:
 //
 //   tandem_1 / tandem_2   http_load_tandem (examples/http_load.cpp), 1 and 2 io threads
+//   tandem_epoll          http_load_tandem, 1 io thread, with io_uring blocked by a seccomp
+//                         filter (EPERM, as Docker's default profile does): the runtime's
+//                         automatic choice falls back to the epoll backend, and says so on
+//                         stderr ("tandem: using the epoll backend: ...")
 //   thread_per_request    http_peer_blocking --mode thread-per-request (a new std::thread
 //                         per request, blocking sockets)
 //   pool64                http_peer_blocking --mode pool: 64 threads, blocking sockets
@@ -22,6 +26,8 @@
 // one CPU: it shows the cost of the second thread, not a speed-up). Then tandem's 1-thread
 // row is judged against the targets at 100 and 1,000 connections, and the user
 // memory of an idle connection is measured (--idle: RSS growth over N idle connections).
+// Last, tandem_epoll's CPU/request and requests/s over tandem_1's (io_uring) and Asio's on
+// epoll (the fair peer for the fallback), and its memory per idle connection.
 //
 // A peer whose program is missing is skipped (http_load_tandem is built only once
 // examples/http_load.cpp exists). Each child gets a deadline and is killed after it.
@@ -31,6 +37,8 @@
 // --http_pin=false. Without nginx it prints why and exits 0.
 
 #include "nginx_fixture.hpp"
+
+#include "../tests/block_io_uring.hpp"
 
 #include <benchmark/benchmark.h>
 
@@ -167,13 +175,15 @@ struct child_run {
 };
 
 /// Runs argv[0] (a path) with stdout captured, RLIMIT_NOFILE raised to its hard limit and,
-/// if cfg.client_cpu >= 0, pinned to it; kills it after timeout_s.
+/// if cfg.client_cpu >= 0, pinned to it; kills it after timeout_s. With `no_io_uring` the
+/// io_uring system calls fail with EPERM in the child (seccomp), so tandem runs on epoll.
 ///
 /// ru_maxrss caveat: Linux carries the RSS of the forking process (its anonymous pages, which
 /// fork copies) into the child's peak across exec, so the peak reported can never be below
 /// this process's anonymous RSS at the fork, printed in the header (about 1 MiB: far below any
 /// peer's own). vfork/posix_spawn do not avoid it.
-child_run run_child(const std::vector<std::string>& args, double timeout_s) {
+child_run run_child(const std::vector<std::string>& args, double timeout_s,
+                    bool no_io_uring = false) {
     std::vector<char*> argv;
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
@@ -192,6 +202,11 @@ child_run run_child(const std::vector<std::string>& args, double timeout_s) {
         ::dup2(pipe_fds[1], STDOUT_FILENO);
         ::setrlimit(RLIMIT_NOFILE, &files);
         if (cfg.client_cpu >= 0) ::sched_setaffinity(0, sizeof cpus, &cpus);
+        if (no_io_uring && !tandem_test::block_io_uring(EPERM)) {
+            static const char why[] = "cannot block io_uring: seccomp refused the filter\n";
+            (void)!::write(STDOUT_FILENO, why, sizeof why - 1);
+            ::_exit(126);
+        }
         ::execv(argv[0], argv.data());
         ::_exit(127);
     }
@@ -316,6 +331,7 @@ struct peer {
     std::string program;
     std::vector<std::string> args;  // after the common ones
     bool wrk = false;
+    bool no_io_uring = false;  // run with io_uring blocked (tandem: the epoll backend)
 };
 
 std::string program_dir() {
@@ -337,6 +353,12 @@ std::vector<peer> all_peers() {
     return {
         {"tandem_1", "tandem (1 io thread)", dir + "http_load_tandem", {"--threads", "1"}},
         {"tandem_2", "tandem (2 io threads)", dir + "http_load_tandem", {"--threads", "2"}},
+        {"tandem_epoll",
+         "tandem (1 io thread, epoll)",
+         dir + "http_load_tandem",
+         {"--threads", "1"},
+         false,
+         true},
         {"thread_per_request",
          "thread-per-request",
          dir + "http_peer_blocking",
@@ -381,7 +403,7 @@ cell measure(const peer& p, int connections) {
                                  "--duration", d});
         argv.insert(argv.end(), p.args.begin(), p.args.end());
     }
-    const child_run r = run_child(argv, seconds + 30 + connections / 250.0);
+    const child_run r = run_child(argv, seconds + 30 + connections / 250.0, p.no_io_uring);
     cell c;
     c.cpu_s = r.cpu_s;
     c.rss_mib = static_cast<double>(r.maxrss_kb) / 1024;
@@ -443,7 +465,7 @@ void bm_idle(benchmark::State& state, const peer* p) {
         const auto t0 = std::chrono::steady_clock::now();
         const child_run r =
             run_child({p->program, "--url", server_url, "--idle", std::to_string(cfg.idle)},
-                      60 + cfg.idle / 250.0);
+                      60 + cfg.idle / 250.0, p->no_io_uring);
         state.SetIterationTime(
             std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
         const std::string line = last_line(r.out, "IDLE ");
@@ -467,6 +489,9 @@ void bm_idle(benchmark::State& state, const peer* p) {
 }
 
 // ---- summary -------------------------------------------------------------------------------
+
+/// The peers whose memory per idle connection is measured.
+constexpr const char* idle_peers[] = {"tandem_1", "asio_epoll", "asio_uring", "tandem_epoll"};
 
 const peer* find_peer(const std::vector<peer>& peers, const std::string& name) {
     for (const peer& p : peers)
@@ -598,7 +623,7 @@ void print_targets() {
         "\nIdle connections (%d; user memory = RSS growth / connections; target <= 2048 B "
         "for tandem)\n",
         cfg.idle);
-    for (const char* name : {"tandem_1", "asio_epoll", "asio_uring"}) {
+    for (const char* name : idle_peers) {
         const auto it = idle_runs.find(name);
         if (it == idle_runs.end()) {
             std::printf("  %-12s n/a (not run)\n", name);
@@ -617,6 +642,32 @@ void print_targets() {
                     name, per_conn, c.requests, c.rss_mib,
                     std::string(name) == "tandem_1" ? (per_conn <= 2048 ? "  met" : "  MISSED")
                                                     : "  (comparison)");
+    }
+    std::fflush(stdout);
+}
+
+/// tandem_epoll over tandem_1 (io_uring) and over Asio on epoll: CPU/request (lower is
+/// better) and requests/s (higher is better), per connection count.
+void print_epoll_ratios() {
+    std::printf(
+        "\nThe epoll backend (tandem_epoll = tandem, 1 io thread, io_uring blocked by seccomp; "
+        "ratio = tandem_epoll / peer)\n");
+    std::printf("%6s  %-28s %11s %11s %7s %10s %10s %7s\n", "conns", "peer", "CPU us/req", "peer",
+                "ratio", "req/s", "peer", "ratio");
+    for (int conns : cfg.connections) {
+        const row* e = find_row("tandem_epoll", conns);
+        for (const char* name : {"tandem_1", "asio_epoll"}) {
+            const row* p = find_row(name, conns);
+            if (e == nullptr || p == nullptr || !e->measured || !p->measured) {
+                std::printf(
+                    "%6d  %-28s n/a (%s)\n", conns, name,
+                    e == nullptr || !e->measured ? "no tandem_epoll result" : "no peer result");
+                continue;
+            }
+            std::printf("%6d  %-28s %11.2f %11.2f %6.2fx %10.0f %10.0f %6.2fx\n", conns, name,
+                        e->cpu_us_per_req, p->cpu_us_per_req, e->cpu_us_per_req / p->cpu_us_per_req,
+                        e->req_per_s, p->req_per_s, e->req_per_s / p->req_per_s);
+        }
     }
     std::fflush(stdout);
 }
@@ -655,7 +706,7 @@ void register_benchmarks(const std::vector<peer>& peers) {
                     ->Iterations(1)
                     ->UseManualTime()
                     ->Unit(benchmark::kMillisecond);
-    for (const char* name : {"tandem_1", "asio_epoll", "asio_uring"}) {
+    for (const char* name : idle_peers) {
         const peer* p = find_peer(peers, name);
         if (p != nullptr && present(*p))
             benchmark::RegisterBenchmark(("idle/" + p->name).c_str(), bm_idle, p)
@@ -687,6 +738,7 @@ int main(int argc, char** argv) {
     benchmark::RunSpecifiedBenchmarks();
     print_table(peers);
     print_targets();
+    print_epoll_ratios();
     benchmark::Shutdown();
     return 0;
 }

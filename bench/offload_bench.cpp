@@ -12,6 +12,11 @@
 // targets; a missing tandem entry prints n/a. Everything is timed in real time
 // (the work happens in another process, which the caller's CPU time would leave
 // out); peers are made before the timed loop, once per benchmark run.
+//
+// tandem_epoll/<what> (round_trip, throughput_200k) is tandem with its loop on
+// the epoll backend (runtime_options::backend; the workers' completion eventfd
+// is read through epoll instead of the ring); a second table sets it against
+// tandem on io_uring and the peers.
 
 #include "offload_peers.hpp"
 
@@ -162,9 +167,11 @@ void sequential_primes(benchmark::State& state) {
 
 /// Arenas as small as each case allows: a large one is pre-faulted in the background for a
 /// while after the runtime starts, which would disturb the first timings.
-tandem::runtime_options tandem_options(std::size_t arena = std::size_t{16} << 20) {
+tandem::runtime_options tandem_options(std::size_t arena = std::size_t{16} << 20,
+                                       tandem::io_backend backend = tandem::io_backend::io_uring) {
     tandem::runtime_options o;
     o.io_threads = 1;
+    o.backend = backend;
     o.processes.workers = pool_workers;
     o.processes.arena_bytes = arena;
     return o;
@@ -193,8 +200,8 @@ tandem::task<> tandem_round_trip_loop(benchmark::State& state) {
     for (auto _ : state) benchmark::DoNotOptimize(co_await tandem::offload_to_process(empty_job));
 }
 
-void tandem_round_trip(benchmark::State& state) {
-    tandem::runtime rt(tandem_options());
+void tandem_round_trip(benchmark::State& state, tandem::io_backend backend) {
+    tandem::runtime rt(tandem_options(std::size_t{16} << 20, backend));
     rt.block_on(tandem_round_trip_loop(state));
 }
 
@@ -216,8 +223,8 @@ tandem::task<> tandem_throughput_loop(benchmark::State& state) {
     }
 }
 
-void tandem_throughput(benchmark::State& state) {
-    tandem::runtime rt(tandem_options());
+void tandem_throughput(benchmark::State& state, tandem::io_backend backend) {
+    tandem::runtime rt(tandem_options(std::size_t{16} << 20, backend));
     rt.block_on(tandem_throughput_loop(state));
     set_throughput_counters(state);
 }
@@ -318,8 +325,12 @@ void register_tandem() {
     };
     const auto ms = benchmark::kMillisecond;
     const auto us = benchmark::kMicrosecond;
-    add("tandem/round_trip", tandem_round_trip)->Unit(us);
-    add("tandem/throughput_200k", tandem_throughput)->Unit(ms);
+    const auto uring = tandem::io_backend::io_uring;
+    const auto epoll = tandem::io_backend::epoll;
+    add("tandem/round_trip", tandem_round_trip, uring)->Unit(us);
+    add("tandem_epoll/round_trip", tandem_round_trip, epoll)->Unit(us);
+    add("tandem/throughput_200k", tandem_throughput, uring)->Unit(ms);
+    add("tandem_epoll/throughput_200k", tandem_throughput, epoll)->Unit(ms);
     for (const payload_case& c : payload_cases) {
         add(std::string("tandem/") + c.what, tandem_payload, c.bytes)->Unit(us);
         add(std::string("tandem_shared_array/") + c.what, tandem_shared_payload, c.bytes)->Unit(us);
@@ -480,7 +491,8 @@ public:
             const value* t = t_it == rows.end() ? nullptr : &t_it->second;
             for (const auto& [name, p] : rows) {
                 const std::string who = name.substr(0, name.find('/'));
-                if (who == "tandem" || name.substr(who.size() + 1) != what) continue;
+                if (who == "tandem" || who == "tandem_epoll") continue;
+                if (name.substr(who.size() + 1) != what) continue;
                 char ratio[16] = "n/a";
                 if (t != nullptr) std::snprintf(ratio, sizeof ratio, "%.2f", t->v / p.v);
                 std::printf("%-16s %-16s %12s %12s %7s  %s\n", what.c_str(), who.c_str(),
@@ -494,7 +506,26 @@ public:
                     what.c_str(), "python", show(t, 't').c_str(), "n/a", "n/a");
         }
         if (!py_path.empty()) std::printf("(python: %s)\n", py_path.c_str());
+        print_epoll_summary(rows);
         std::fflush(stdout);
+    }
+
+    /// tandem_epoll/<what> against tandem/<what> (io_uring) and every peer of that <what>.
+    void print_epoll_summary(const std::map<std::string, value>& rows) const {
+        std::printf("\nThe epoll backend (ratio = tandem_epoll/peer, as above)\n");
+        std::printf("%-16s %-16s %12s %12s %7s\n", "what", "peer", "tandem_epoll", "peer", "ratio");
+        for (const std::string& what : whats_) {
+            auto e_it = rows.find("tandem_epoll/" + what);
+            if (e_it == rows.end()) continue;
+            const value& e = e_it->second;
+            for (const auto& [name, p] : rows) {
+                const std::string who = name.substr(0, name.find('/'));
+                if (who == "tandem_epoll" || name.substr(who.size() + 1) != what) continue;
+                std::printf("%-16s %-16s %12s %12s %7.2f\n", what.c_str(), who.c_str(),
+                            show(&e, kind_of(what)).c_str(), show(&p, kind_of(what)).c_str(),
+                            e.v / p.v);
+            }
+        }
     }
 
 private:

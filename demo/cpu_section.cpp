@@ -174,7 +174,7 @@ section run_cpu(const config& cfg) {
     std::vector<measured> runs[3];
     try {
         progress("cpu: starting a runtime with " + std::to_string(s.cores) + " worker processes");
-        tandem::runtime_options o;
+        tandem::runtime_options o = util::base_options();
         o.io_threads = 1;
         o.blocking_threads = s.cores;
         o.processes.workers = s.cores;

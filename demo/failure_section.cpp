@@ -395,7 +395,7 @@ section run_failure(const config&) {
     run_record r;
     try {
         progress("failure: starting a runtime with " + std::to_string(workers) + " workers");
-        tandem::runtime_options o;
+        tandem::runtime_options o = util::base_options();
         o.io_threads = 1;
         o.processes.workers = workers;
         o.processes.arena_bytes = std::size_t{16} << 20;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The I/O section's HTTP/1.1 server on tandem: see http_server.hpp.
 #include "http_server.hpp"
+#include "section_util.hpp"
 
 #include <tandem/tandem.hpp>
 
@@ -160,7 +161,7 @@ void exit_at_end_of_stdin() {
 
 int run_http_server() {
     try {
-        tandem::runtime_options options;
+        tandem::runtime_options options = util::base_options();
         options.processes.enabled = false;  // nothing to offload here
         tandem::runtime rt(options);
         tandem::tcp_listener listener = tandem::tcp_listener::bind(tandem::address::loopback(0));

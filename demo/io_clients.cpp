@@ -13,6 +13,7 @@
 // (/proc/self/status) while the batch runs.
 #include "http_server.hpp"
 #include "io_section.hpp"
+#include "section_util.hpp"
 
 #include <tandem/tandem.hpp>
 
@@ -300,7 +301,7 @@ std::vector<double> place_the_rest(std::vector<double> completion, std::size_t d
 }  // namespace
 
 int io_tandem_main(const io_workload& w, unsigned loops) {
-    tandem::runtime_options options;
+    tandem::runtime_options options = util::base_options();
     options.io_threads = std::max(loops, 1u);
     options.processes.enabled = false;  // pure I/O: no worker processes
     tandem::runtime rt(options);

@@ -191,8 +191,8 @@ uring_info probe_uring() {
     io_uring ring;
     io_uring_params params{};
     if (const int r = try_ring(ring, 0, &params); r != 0) {
-        u.setup_error =
-            std::string("io_uring_setup: ") + std::strerror(-r) + "; tandem " + tandem_ring_flags();
+        u.setup_error = std::string("io_uring_setup: ") + std::strerror(-r) + "; tandem runs on " +
+                        tandem_ring_flags();
         return u;
     }
     u.available = true;

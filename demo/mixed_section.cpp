@@ -511,7 +511,7 @@ int mixed_server_main(int argc, char** argv) {
     }
     pin_to(argv[2]);  // before the runtime: its threads, zygote and workers inherit the mask
     try {
-        tandem::runtime_options o;
+        tandem::runtime_options o = util::base_options();
         o.io_threads = 1;
         o.processes.enabled = how == process;
         o.processes.arena_bytes = std::size_t{4} << 20;  // 16-byte jobs: no need for 256 MiB
@@ -576,7 +576,7 @@ bool run_client(load* l, section* out) {
         (l->s.warmup + l->s.window * static_cast<double>(l->s.rounds - 1)) * mode_count;
     progress(util::format("mixed: %.1f s of load, the three servers in turns", seconds));
     try {
-        tandem::runtime_options o;
+        tandem::runtime_options o = util::base_options();
         o.processes.enabled = false;
         tandem::runtime rt(o);
         rt.block_on(run_load(l));

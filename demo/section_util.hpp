@@ -6,16 +6,30 @@
 // may use, number formatting, medians, and the `--child` entry points that other_child_main
 // (cpu_section.cpp) dispatches to.
 
+#include <tandem/runtime.hpp>
+
 #include <sched.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdarg>
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
 namespace demo::util {
+
+/// Set by main when io_uring is not available: the section processes then ask for epoll
+/// themselves, so the runtime's fallback line is printed once (by main), not by each of them.
+inline constexpr const char* epoll_env = "TANDEM_DEMO_EPOLL";
+
+/// The runtime options every section starts from.
+inline tandem::runtime_options base_options() {
+    tandem::runtime_options o;
+    if (std::getenv(epoll_env) != nullptr) o.backend = tandem::io_backend::epoll;
+    return o;
+}
 
 /// The primes in [lo, hi), by trial division. A plain function of numbers: offload_to_process
 /// names it by address, and every worker runs this same binary.

@@ -95,9 +95,21 @@ task<> file::sync() {
 }
 
 task<> file::close() {
-    int fd = std::exchange(fd_, -1);
+    const int fd = std::exchange(fd_, -1);
     if (fd < 0) co_return;
-    int r = co_await detail::uring_op([&](io_uring_sqe* sqe) { io_uring_prep_close(sqe, fd); });
+    bool submitted = false;
+    int r = 0;
+    try {
+        r = co_await detail::uring_op([&](io_uring_sqe* sqe) {
+            io_uring_prep_close(sqe, fd);
+            submitted = true;
+        });
+    } catch (...) {
+        // Cancelled before submission, or no SQE could be had: the kernel never saw this
+        // close, so it happens here (a CLOSE it did see runs at once and cannot be cancelled).
+        if (!submitted) ::close(fd);
+        throw;
+    }
     detail::check(r, "tandem: file close");
 }
 

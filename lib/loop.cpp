@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: MIT
 #include "loop.hpp"
 
+#include "fault.hpp"
 #include "fd_advice.hpp"
 
 #include "ring_setup.hpp"
 
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -21,6 +24,14 @@ namespace {
 
 // initial-exec: see lib/frame_pool.cpp.
 [[gnu::tls_model("initial-exec")]] thread_local loop* tls_loop = nullptr;
+
+// How long the loop sleeps when its wake-up read could not be armed (no SQE):
+// a post from another thread is then seen within this time.
+constexpr long long unarmed_wait_ns = 1'000'000;
+
+// On the epoll backend, how many turns with tasks ready the loop takes per
+// look at epoll (each look is a system call).
+constexpr unsigned busy_turns_per_look = 8;
 
 [[noreturn]] void fatal(const char* what, int err) noexcept {
     std::fprintf(stderr, "tandem: fatal: %s: %s\n", what, std::strerror(err));
@@ -90,7 +101,25 @@ void timer_heap::sift_down(std::size_t i, entry e) noexcept {
 
 // ---- loop -------------------------------------------------------------------
 
-loop::loop(unsigned entries, int wake_fd) {
+loop::loop(unsigned entries, int wake_fd, bool use_epoll) {
+    if (use_epoll) {
+        wake_fd_ = wake_fd >= 0 ? wake_fd : ::eventfd(0, EFD_CLOEXEC);
+        if (wake_fd_ < 0) {
+            const int err = errno;
+            throw std::system_error(err, std::system_category(),
+                                    "tandem: eventfd" + fd_advice(err));
+        }
+        try {
+            epoll_ = std::make_unique<epoll_backend>(*this, wake_fd_);
+        } catch (...) {
+            ::close(wake_fd_);
+            throw;
+        }
+        features_ = "epoll";
+        wake_armed_ = true;  // the eventfd is always registered with epoll
+        shutdown_item_.run = &on_shutdown;
+        return;
+    }
     ring_setup_result setup;
     try {
         setup = setup_ring(&ring_, entries);
@@ -113,7 +142,11 @@ loop::loop(unsigned entries, int wake_fd) {
 }
 
 loop::~loop() {
-    io_uring_queue_exit(&ring_);
+    if (epoll_) {
+        epoll_.reset();
+    } else {
+        io_uring_queue_exit(&ring_);
+    }
     ::close(wake_fd_);
     std::lock_guard lock(bound_mutex());
     while (loop_bound* b = bound_) {
@@ -141,6 +174,11 @@ void loop::unbind(loop_bound* b) noexcept {
 }
 
 io_uring_sqe* loop::get_sqe() {
+    if (const int injected = fault_hit(fault_point::sqe)) {
+        throw std::system_error(injected, std::system_category(),
+                                "tandem: no submission queue entry (fault injected)");
+    }
+    if (epoll_) return epoll_->get_sqe();
     for (;;) {
         if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
         // SQ full: submit what is queued. If the kernel pushes back because
@@ -162,6 +200,36 @@ void loop::cancel_op(const completion* target) {
     io_uring_prep_cancel64(sqe, reinterpret_cast<std::uint64_t>(target), 0);
     io_uring_sqe_set_data64(sqe, 0);
     if (skip_cancel_cqe_) sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+}
+
+void loop::cancel_fd_now(int fd) noexcept {
+    if (epoll_) {
+        epoll_->cancel_fd(fd);
+        return;
+    }
+    // Submitting first matters: an operation still in the SQ would escape the
+    // cancel and later run on a closed, perhaps reused, fd number.
+    io_uring_submit(&ring_);
+    io_uring_sync_cancel_reg reg{};
+    reg.fd = fd;
+    reg.flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
+    reg.timeout.tv_sec = -1;
+    reg.timeout.tv_nsec = -1;
+    if (io_uring_register_sync_cancel(&ring_, &reg) < 0) ::shutdown(fd, SHUT_RDWR);
+}
+
+void loop::cancel_op_now(const completion* target) noexcept {
+    if (epoll_) {
+        epoll_->submit();
+        epoll_->cancel(reinterpret_cast<std::uint64_t>(target));
+        return;
+    }
+    io_uring_submit(&ring_);
+    io_uring_sync_cancel_reg reg{};
+    reg.addr = reinterpret_cast<std::uint64_t>(target);
+    reg.timeout.tv_sec = -1;
+    reg.timeout.tv_nsec = -1;
+    io_uring_register_sync_cancel(&ring_, &reg);
 }
 
 void loop::post(posted_item* item) noexcept {
@@ -273,18 +341,47 @@ void loop::reap() noexcept {
     }
 }
 
+void loop::epoll_wait_and_reap() {
+    epoll_->submit();
+    bool idle = ready_.empty() && !epoll_->has_completions() &&
+                inbox_.load(std::memory_order_relaxed) == nullptr;
+    if (idle && poller_ != nullptr && poller_->before_sleep(*this)) idle = false;
+    // With tasks ready, a look at epoll is a system call that usually finds
+    // nothing (io_uring's CQ is read without one): look every few busy turns.
+    if (!idle && ++busy_turns_ % busy_turns_per_look != 0) {
+        epoll_->reap();
+        return;
+    }
+    long long ns = 0;
+    if (idle && timers_.empty()) {
+        ns = -1;
+    } else if (idle) {
+        auto left = timers_.top_deadline() - std::chrono::steady_clock::now();
+        ns = std::max<long long>(
+            0, std::chrono::duration_cast<std::chrono::nanoseconds>(left).count());
+    }
+    epoll_->wait(ns);
+    epoll_->reap();
+}
+
 void loop::wait_and_reap() {
+    if (epoll_) {
+        epoll_wait_and_reap();
+        return;
+    }
     bool idle = ready_.empty() && inbox_.load(std::memory_order_relaxed) == nullptr;
     if (idle && poller_ != nullptr && poller_->before_sleep(*this)) idle = false;
     int r;
     if (!idle) {
         r = io_uring_submit(&ring_);  // enters with GETEVENTS when work is pending
-    } else if (timers_.empty()) {
+    } else if (timers_.empty() && wake_armed_) {
         r = io_uring_submit_and_wait(&ring_, 1);
     } else {
-        auto left = timers_.top_deadline() - std::chrono::steady_clock::now();
+        auto left = timers_.empty() ? std::chrono::steady_clock::duration::max()
+                                    : timers_.top_deadline() - std::chrono::steady_clock::now();
         auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(left).count();
         if (ns < 0) ns = 0;
+        if (!wake_armed_) ns = std::min<long long>(ns, unarmed_wait_ns);
         __kernel_timespec ts{};
         ts.tv_sec = ns / 1'000'000'000;
         ts.tv_nsec = ns % 1'000'000'000;
@@ -305,7 +402,14 @@ void loop::run() {
         run_ready();
         fire_timers();
         if (shutting_down_ && live_roots_ == 0 && ready_.empty()) break;
-        if (!wake_armed_) arm_wake();
+        if (!wake_armed_) {
+            try {
+                arm_wake();
+            } catch (const std::system_error&) {
+                // No SQE now (a broken ring, or a fault test): wait_and_reap
+                // sleeps briefly instead of until woken, and this retries.
+            }
+        }
         wait_and_reap();
     }
     set_this_thread_loop(nullptr);

@@ -8,12 +8,14 @@
 //           every CQE: each CQE's user_data is a `completion` whose callback
 //           records the result and *queues* its coroutine (never resumes it).
 //
-// The io_uring part sits behind a small seam (get_sqe / submit_and_wait / reap)
-// so that a readiness-based (epoll) backend can take its place on machines
-// where io_uring is blocked.
+// The io_uring part sits behind a small seam (get_sqe / submit / wait / reap):
+// on machines where io_uring is blocked an epoll_backend takes its place and
+// interprets the same SQEs (lib/epoll_backend.hpp).
 
 #include <tandem/detail/loop_api.hpp>
 #include <tandem/detail/stop_node.hpp>
+
+#include "epoll_backend.hpp"
 
 #include <liburing.h>
 
@@ -21,6 +23,7 @@
 #include <coroutine>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -123,11 +126,12 @@ protected:
 
 class loop {
 public:
-    /// Creates the ring on the calling thread (SINGLE_ISSUER binds it there).
-    /// `wake_fd`, if not -1, is an eventfd made beforehand (the process pool
-    /// hands it to its workers); the loop owns it from here on, even if this
-    /// throws. Throws std::system_error with an explanatory message on failure.
-    explicit loop(unsigned entries, int wake_fd = -1);
+    /// Creates the ring on the calling thread (SINGLE_ISSUER binds it there),
+    /// or with `use_epoll` the epoll backend instead. `wake_fd`, if not -1, is
+    /// an eventfd made beforehand (the process pool hands it to its workers);
+    /// the loop owns it from here on, even if this throws. Throws
+    /// std::system_error with an explanatory message on failure.
+    explicit loop(unsigned entries, int wake_fd = -1, bool use_epoll = false);
     ~loop();
     loop(const loop&) = delete;
     loop& operator=(const loop&) = delete;
@@ -141,6 +145,12 @@ public:
 
     /// Submits an IORING_OP_ASYNC_CANCEL for the operation at `target`.
     void cancel_op(const completion* target);
+    /// Submits what is queued, then cancels every operation on `fd` and
+    /// returns once each is cancelled (its completion still comes through the
+    /// loop). Loop thread only.
+    void cancel_fd_now(int fd) noexcept;
+    /// The same for the one operation at `target` (a multishot accept).
+    void cancel_op_now(const completion* target) noexcept;
 
     void schedule(std::coroutine_handle<> h) { ready_.push(h); }
     void post(posted_item* item) noexcept;
@@ -165,20 +175,27 @@ public:
     unsigned index() const noexcept { return index_; }
     /// For a poller's spin: completions in the CQ or items in the inbox.
     bool has_other_work() noexcept {
-        return io_uring_cq_ready(&ring_) != 0 || inbox_.load(std::memory_order_relaxed) != nullptr;
+        const bool completions =
+            epoll_ ? epoll_->has_completions() : io_uring_cq_ready(&ring_) != 0;
+        return completions || inbox_.load(std::memory_order_relaxed) != nullptr;
     }
     /// Submits queued SQEs without waiting (before a poller spins).
-    void submit_pending() noexcept { io_uring_submit(&ring_); }
+    void submit_pending() noexcept {
+        if (epoll_) {
+            epoll_->submit();
+        } else {
+            io_uring_submit(&ring_);
+        }
+    }
 
     /// Adds or removes `b` from the objects told when this loop goes; the
     /// caller holds bound_mutex().
     void bind(loop_bound* b) noexcept;
     void unbind(loop_bound* b) noexcept;
 
-    /// Flags the ring was set up with, as text.
+    /// Flags the ring was set up with, as text ("epoll" on that backend).
     const std::string& features() const noexcept { return features_; }
     unsigned setup_flags() const noexcept { return ring_.flags; }
-    io_uring* ring() noexcept { return &ring_; }
 
 private:
     static void on_wake(completion* c, int res, std::uint32_t flags) noexcept;
@@ -188,10 +205,12 @@ private:
     void run_ready() noexcept;
     void fire_timers() noexcept;
     void wait_and_reap();
+    void epoll_wait_and_reap();
     void reap() noexcept;
     void flush_overflow() noexcept;
 
     io_uring ring_{};
+    std::unique_ptr<epoll_backend> epoll_;  // instead of ring_, when set
     std::string features_;
     ready_queue ready_;
     timer_heap timers_;
@@ -211,6 +230,7 @@ private:
     loop_poller* poller_ = nullptr;
     loop_bound* bound_ = nullptr;  // guarded by bound_mutex()
     unsigned index_ = 0;
+    unsigned busy_turns_ = 0;  // epoll backend: turns with work since epoll was last asked
 };
 
 /// The loop of the calling thread (null off io threads); set by run().

@@ -128,4 +128,82 @@ ring_setup_result setup_ring(io_uring* ring, unsigned entries) {
     throw std::system_error(last, std::system_category(), setup_error_message(last));
 }
 
+namespace {
+
+/// "io_uring_enter failed with EPERM (Operation not permitted)".
+std::string call_failed(const char* call, int err) {
+    return std::string(call) + " failed with " + errno_name(err) + " (" + std::strerror(err) + ")";
+}
+
+// Every opcode the loop, the sockets, the files and the pool's manager use.
+constexpr struct {
+    int op;
+    const char* name;
+} needed_ops[] = {
+    {IORING_OP_NOP, "NOP"},           {IORING_OP_READ, "READ"},
+    {IORING_OP_WRITE, "WRITE"},       {IORING_OP_FSYNC, "FSYNC"},
+    {IORING_OP_POLL_ADD, "POLL_ADD"}, {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
+    {IORING_OP_ACCEPT, "ACCEPT"},     {IORING_OP_CONNECT, "CONNECT"},
+    {IORING_OP_OPENAT, "OPENAT"},     {IORING_OP_CLOSE, "CLOSE"},
+    {IORING_OP_SEND, "SEND"},         {IORING_OP_RECV, "RECV"},
+    {IORING_OP_SENDMSG, "SENDMSG"},   {IORING_OP_RECVMSG, "RECVMSG"},
+    {IORING_OP_SHUTDOWN, "SHUTDOWN"},
+};
+
+std::string probe_ring(io_uring* ring) {
+    // A NOP: seccomp may allow io_uring_setup and refuse io_uring_enter.
+    io_uring_sqe* sqe = io_uring_get_sqe(ring);
+    io_uring_prep_nop(sqe);
+    io_uring_sqe_set_data64(sqe, 1);
+    int r = io_uring_submit_and_wait(ring, 1);
+    if (r < 0) return call_failed("io_uring_enter", -r);
+    io_uring_cqe* cqe = nullptr;
+    r = io_uring_peek_cqe(ring, &cqe);
+    if (r < 0 || cqe->res != 0) return "io_uring did not complete a NOP";
+    io_uring_cqe_seen(ring, cqe);
+
+    io_uring_probe* probe = io_uring_get_probe_ring(ring);
+    if (probe == nullptr) return "io_uring_register (PROBE) failed";
+    std::string missing;
+    for (const auto& o : needed_ops) {
+        if (!io_uring_opcode_supported(probe, o.op)) missing += std::string(" ") + o.name;
+    }
+    io_uring_free_probe(probe);
+    if (!missing.empty()) return "this kernel's io_uring lacks" + missing;
+
+    // Closing a socket cancels its operations through this registration (Linux 6.0).
+    io_uring_sync_cancel_reg reg{};
+    reg.fd = ring->ring_fd;
+    reg.flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
+    reg.timeout.tv_sec = -1;
+    reg.timeout.tv_nsec = -1;
+    r = io_uring_register_sync_cancel(ring, &reg);
+    if (r < 0 && r != -ENOENT) return call_failed("io_uring_register (SYNC_CANCEL)", -r);
+    return {};
+}
+
+}  // namespace
+
+std::string io_uring_unavailable() {
+    io_uring ring{};
+    io_uring_params p{};
+    const int r = io_uring_queue_init_params(8, &ring, &p);
+    if (r < 0) {
+        const int err = -r;
+        if (err == EMFILE || err == ENFILE || err == ENOMEM) return {};
+        std::string why = setup_error_message(err);
+        const std::string prefix = "tandem: ";
+        return why.starts_with(prefix) ? why.substr(prefix.size()) : why;
+    }
+    std::string why;
+    const unsigned needed = IORING_FEAT_NODROP | IORING_FEAT_EXT_ARG;
+    if ((p.features & needed) != needed) {
+        why = "this kernel's io_uring lacks IORING_FEAT_NODROP or IORING_FEAT_EXT_ARG";
+    } else {
+        why = probe_ring(&ring);
+    }
+    io_uring_queue_exit(&ring);
+    return why;
+}
+
 }  // namespace tandem::detail

@@ -25,4 +25,11 @@ ring_setup_result setup_ring(io_uring* ring, unsigned entries);
 /// "io_uring_setup failed with EPERM (...): <likely cause>. <fix>."
 std::string setup_error_message(int err);
 
+/// Empty when this process can use io_uring as the loop does: a ring can be
+/// made, a NOP completes under the live seccomp policy, and the opcodes and
+/// registrations tandem uses exist. Otherwise why not, in one line. A process
+/// merely short of fds or memory gets "" (epoll would not help; the loop's own
+/// setup then throws with advice).
+std::string io_uring_unavailable();
+
 }  // namespace tandem::detail

@@ -6,6 +6,7 @@
 #include "fd_advice.hpp"
 #include "loop.hpp"
 #include "process/pool.hpp"
+#include "ring_setup.hpp"
 
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -74,12 +75,28 @@ struct runtime::impl {
     std::vector<detail::loop*> loops;
     std::atomic<unsigned> next{0};
     std::string features;
+    backend_info backend;
     detail::thread_pool blocking;  // offload_to_thread
     std::unique_ptr<detail::process_pool_impl> pool;
     process_pool pool_handle{nullptr};
 };
 
 namespace {
+
+/// Settles `asked` (automatic: probe io_uring) and says why.
+backend_info choose_backend(io_backend asked) {
+    if (asked == io_backend::io_uring)
+        return {io_backend::io_uring, "asked for in runtime_options"};
+    if (asked == io_backend::epoll) return {io_backend::epoll, "asked for in runtime_options"};
+    std::string why = detail::io_uring_unavailable();
+    if (why.empty()) return {io_backend::io_uring, "io_uring works in this process"};
+    // One line per process: a program that makes many runtimes is told once.
+    static std::atomic<bool> told{false};
+    if (!told.exchange(true)) {
+        std::fprintf(stderr, "tandem: using the epoll backend: %s\n", why.c_str());
+    }
+    return {io_backend::epoll, std::move(why)};
+}
 
 /// The loops' eventfds, made before the pool so its workers can signal them.
 std::vector<int> make_wake_fds(unsigned n) {
@@ -102,6 +119,8 @@ std::vector<int> make_wake_fds(unsigned n) {
 runtime::runtime(runtime_options options)
     : impl_(std::make_unique<impl>(options.blocking_threads)) {
     if (options.io_threads == 0) options.io_threads = 1;
+    impl_->backend = choose_backend(options.backend);
+    const bool use_epoll = impl_->backend.kind == io_backend::epoll;
     std::vector<int> wake_fds = make_wake_fds(options.io_threads);
     if (options.processes.enabled) {
         // Before any io thread: the zygote forks a process with one thread.
@@ -118,11 +137,11 @@ runtime::runtime(runtime_options options)
         std::promise<detail::loop*> made;
         ready.push_back(made.get_future());
         impl_->threads.emplace_back([this, i, entries = options.ring_entries, fd = wake_fds[i],
-                                     made = std::move(made)]() mutable {
+                                     use_epoll, made = std::move(made)]() mutable {
             // The ring is created on its own thread: SINGLE_ISSUER binds it there.
             std::unique_ptr<detail::loop> l;
             try {
-                l = std::make_unique<detail::loop>(entries, fd);
+                l = std::make_unique<detail::loop>(entries, fd, use_epoll);
             } catch (...) {
                 made.set_exception(std::current_exception());
                 return;
@@ -192,6 +211,22 @@ runtime* runtime::current() noexcept {
 
 const char* runtime::ring_features() const noexcept {
     return impl_->features.c_str();
+}
+
+const backend_info& runtime::backend() const noexcept {
+    return impl_->backend;
+}
+
+const char* to_string(io_backend b) noexcept {
+    switch (b) {
+        case io_backend::automatic:
+            return "automatic";
+        case io_backend::io_uring:
+            return "io_uring";
+        case io_backend::epoll:
+            return "epoll";
+    }
+    return "unknown";
 }
 
 detail::loop& runtime::pick_loop_for_block_on() {

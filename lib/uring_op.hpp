@@ -26,7 +26,10 @@
 #include <tandem/error.hpp>
 #include <tandem/task.hpp>
 
+#include "fault.hpp"
 #include "loop.hpp"
+
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
@@ -57,6 +60,9 @@ public:
         loop_ = &require_loop("an io operation");
         io_uring_sqe* sqe = loop_->get_sqe();
         prep_(sqe);
+#if defined(TANDEM_FAULT_INJECTION)
+        makes_fd_ = sqe->opcode == IORING_OP_ACCEPT || sqe->opcode == IORING_OP_OPENAT;
+#endif
         io_uring_sqe_set_data(sqe, static_cast<completion*>(this));
         complete = &on_complete;
         handle_ = h;
@@ -80,6 +86,12 @@ public:
 private:
     static void on_complete(completion* c, int res, std::uint32_t) noexcept {
         auto* self = static_cast<uring_op*>(c);
+        if (const int injected = fault_hit(fault_point::cqe)) {
+#if defined(TANDEM_FAULT_INJECTION)
+            if (res >= 0 && self->makes_fd_) ::close(res);  // the fd nobody will get
+#endif
+            res = -injected;
+        }
         self->res_ = res;
         self->done_ = true;
         // Written when the coroutine resumes (run_ready), after this reap.
@@ -110,6 +122,9 @@ private:
     bool done_ = false;
     bool cancelled_early_ = false;
     bool cancel_sent_ = false;
+#if defined(TANDEM_FAULT_INJECTION)
+    bool makes_fd_ = false;
+#endif
 };
 
 /// Throws std::system_error for a negative result, else returns it.

@@ -4,20 +4,18 @@
 // preconditions, io_uring blocked by seccomp, and a tiny ring under load.
 #include <tandem/tandem.hpp>
 
+#include "block_io_uring.hpp"
+#include "support.hpp"
 #include "uring_op.hpp"
 
 #include <catch2/catch.hpp>
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <linux/audit.h>
-#include <linux/filter.h>
-#include <linux/seccomp.h>
-#include <sys/prctl.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -507,14 +505,13 @@ TEST_CASE("block_on called from an io thread aborts", "[runtime]") {
     CHECK(WTERMSIG(status) == SIGABRT);
 }
 
-// ---- io_uring blocked ------------------------------------------------------------------
+// ---- io_uring blocked: the epoll backend --------------------------------------------
 
 namespace {
 
-// Exit codes of the seccomp child: 0 means every check passed.
+// Exit codes of the seccomp children: 0 means every check passed.
 enum seccomp_child_exit : int {
     child_ok = 0,
-    child_no_new_privs_failed = 10,
     child_seccomp_failed = 11,
     child_no_exception = 12,
     child_wrong_errno = 13,
@@ -522,39 +519,21 @@ enum seccomp_child_exit : int {
     child_message_lacks_hint = 15,
     child_message_lacks_fix = 16,
     child_other_exception = 17,
-    child_not_x86_64 = 18,  // the filter below is written for x86-64 only
+    child_not_x86_64 = 18,  // the filter is written for x86-64 only
+    child_wrong_backend = 19,
+    child_reason_lacks_cause = 20,
+    child_io_failed = 21,
+    child_wrong_stderr = 22,
 };
 
-#if defined(__x86_64__)
-/// Installs a filter that fails io_uring_setup with `err` and allows the rest.
-bool block_io_uring_setup(int err) {
-    sock_filter filter[] = {
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, AUDIT_ARCH_X86_64, 1, 0),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),  // another ABI: leave it alone
-        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
-        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
-        BPF_STMT(BPF_RET | BPF_K,
-                 SECCOMP_RET_ERRNO | (static_cast<unsigned>(err) & SECCOMP_RET_DATA)),
-        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-    };
-    sock_fprog prog{};
-    prog.len = static_cast<unsigned short>(sizeof filter / sizeof filter[0]);
-    prog.filter = filter;
-    // Unprivileged processes may only install filters with no_new_privs set.
-    return ::prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0;
-}
-#endif
-
-int seccomp_child(int err, const char* errno_name, const char* hint, const char* fix) {
-#if !defined(__x86_64__)
-    (void)err, (void)errno_name, (void)hint, (void)fix;
-    return child_not_x86_64;
-#else
-    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return child_no_new_privs_failed;
-    if (!block_io_uring_setup(err)) return child_seccomp_failed;
+/// In a child with io_uring blocked: asking for io_uring throws a system_error
+/// whose message names the errno, the likely cause and the fix.
+int forced_uring_child(int err, const char* errno_name, const char* hint, const char* fix) {
+    if (!tandem_test::block_io_uring(err, tandem_test::uring_calls::setup)) {
+        return errno == EINVAL ? child_not_x86_64 : child_seccomp_failed;
+    }
     try {
-        tandem::runtime rt;
+        tandem::runtime rt(tandem::runtime_options{.backend = tandem::io_backend::io_uring});
         return child_no_exception;
     } catch (const std::system_error& e) {
         std::string what = e.what();
@@ -566,46 +545,144 @@ int seccomp_child(int err, const char* errno_name, const char* hint, const char*
     } catch (...) {
         return child_other_exception;
     }
-#endif
+}
+
+/// Sleeps, NOPs, a pipe read that completes, one that is cancelled, and a
+/// blocking call: the loop works on whatever backend it has.
+tandem::task<bool> some_io() {
+    co_await tandem::sleep_for(2ms);
+    if (co_await nop_op() != 0) co_return false;
+    int fds[2];
+    if (::pipe2(fds, O_CLOEXEC) != 0) co_return false;
+    if (::write(fds[1], "x", 1) != 1) co_return false;
+    const int got = co_await pipe_read(fds[0]);
+    auto raced = co_await tandem::when_any(pipe_read(fds[0]), tandem::sleep_for(5ms));
+    ::close(fds[0]);
+    ::close(fds[1]);
+    const int answer = co_await tandem::offload_to_thread([] { return 42; });
+    co_return got == 1 && raced.index() == 1 && answer == 42;
+}
+
+/// In a child with `which` io_uring calls failing with `err`: the default
+/// runtime falls back to epoll with a reason naming `cause`, runs I/O, and says
+/// so in exactly one line on stderr although two runtimes are made.
+int fallback_child(int err, tandem_test::uring_calls which, const char* cause) {
+    char path[] = "/tmp/tandem-fallback-stderr-XXXXXX";
+    const int out = ::mkstemp(path);
+    if (out < 0) return child_other_exception;
+    ::unlink(path);
+    ::dup2(out, STDERR_FILENO);
+    if (!tandem_test::block_io_uring(err, which)) {
+        return errno == EINVAL ? child_not_x86_64 : child_seccomp_failed;
+    }
+    try {
+        for (int round = 0; round < 2; ++round) {
+            tandem::runtime rt(tandem::runtime_options{.io_threads = 2});
+            if (rt.backend().kind != tandem::io_backend::epoll) return child_wrong_backend;
+            if (rt.backend().reason.find(cause) == std::string::npos) {
+                return child_reason_lacks_cause;
+            }
+            if (std::string(rt.ring_features()) != "epoll") return child_wrong_backend;
+            if (!rt.block_on(some_io())) return child_io_failed;
+        }
+    } catch (...) {
+        return child_other_exception;
+    }
+    std::string said(4096, '\0');
+    const ssize_t n = ::pread(out, said.data(), said.size(), 0);
+    said.resize(n > 0 ? static_cast<std::size_t>(n) : 0);
+    const bool one_line = std::count(said.begin(), said.end(), '\n') == 1 &&
+                          said.find("using the epoll backend") != std::string::npos &&
+                          said.find(cause) != std::string::npos;
+    return one_line ? child_ok : child_wrong_stderr;
+}
+
+void check_child(const char* tag) {
+    const int status = in_fresh_process(tag);
+    REQUIRE(WIFEXITED(status));
+    if (WEXITSTATUS(status) == child_not_x86_64) {
+        WARN("skipped: the seccomp filter in this test is written for x86-64 only");
+        return;
+    }
+    CHECK(WEXITSTATUS(status) == child_ok);
 }
 
 }  // namespace
 
-// The children: each installs its filter, constructs a runtime and reports
-// through its exit status.
-TEST_CASE("child: io_uring_setup fails with EPERM", "[.child_seccomp_eperm]") {
+// The children: each installs its filter, makes runtimes and reports through its exit status.
+TEST_CASE("child: io_uring forced, io_uring_setup fails with EPERM", "[.child_forced_eperm]") {
     if (!started_as_child()) return;
-    ::_exit(seccomp_child(EPERM, "EPERM", "seccomp", "io_uring_disabled"));
+    ::_exit(forced_uring_child(EPERM, "EPERM", "seccomp", "io_uring_disabled"));
 }
 
-TEST_CASE("child: io_uring_setup fails with ENOSYS", "[.child_seccomp_enosys]") {
+TEST_CASE("child: io_uring forced, io_uring_setup fails with ENOSYS", "[.child_forced_enosys]") {
     if (!started_as_child()) return;
-    ::_exit(seccomp_child(ENOSYS, "ENOSYS", "kernel", "seccomp"));
+    ::_exit(forced_uring_child(ENOSYS, "ENOSYS", "kernel", "seccomp"));
 }
 
-TEST_CASE("io_uring blocked by seccomp with EPERM throws a system_error that explains the fix",
-          "[runtime][seccomp]") {
-    int status = in_fresh_process("[child_seccomp_eperm]");
-    REQUIRE(WIFEXITED(status));
-    if (WEXITSTATUS(status) == child_not_x86_64) {
-        WARN("skipped: the seccomp filter in this test is written for x86-64 only");
-        return;
-    }
-    CHECK(WEXITSTATUS(status) == child_ok);
+TEST_CASE("child: every io_uring call fails with EPERM", "[.child_fallback_eperm]") {
+    if (!started_as_child()) return;
+    ::_exit(fallback_child(EPERM, tandem_test::uring_calls::all, "EPERM"));
 }
 
-TEST_CASE("io_uring missing (ENOSYS) throws a system_error that names the kernel",
+TEST_CASE("child: io_uring_setup fails with ENOSYS", "[.child_fallback_enosys]") {
+    if (!started_as_child()) return;
+    ::_exit(fallback_child(ENOSYS, tandem_test::uring_calls::setup, "ENOSYS"));
+}
+
+TEST_CASE("child: a ring can be made but io_uring_enter fails", "[.child_fallback_enter]") {
+    if (!started_as_child()) return;
+    ::_exit(fallback_child(EPERM, tandem_test::uring_calls::enter, "io_uring_enter"));
+}
+
+TEST_CASE(
+    "io_uring forced but blocked by seccomp (EPERM) throws a system_error that explains "
+    "the fix",
+    "[runtime][seccomp]") {
+    check_child("[child_forced_eperm]");
+}
+
+TEST_CASE("io_uring forced but missing (ENOSYS) throws a system_error that names the kernel",
           "[runtime][seccomp]") {
-    int status = in_fresh_process("[child_seccomp_enosys]");
-    REQUIRE(WIFEXITED(status));
-    if (WEXITSTATUS(status) == child_not_x86_64) {
-        WARN("skipped: the seccomp filter in this test is written for x86-64 only");
-        return;
-    }
-    CHECK(WEXITSTATUS(status) == child_ok);
+    check_child("[child_forced_enosys]");
+}
+
+TEST_CASE(
+    "io_uring blocked as Docker does (EPERM): the runtime falls back to epoll, runs I/O, "
+    "and says why in one stderr line",
+    "[runtime][seccomp]") {
+    check_child("[child_fallback_eperm]");
+}
+
+TEST_CASE("io_uring missing (ENOSYS): the runtime falls back to epoll and says the kernel lacks it",
+          "[runtime][seccomp]") {
+    check_child("[child_fallback_enosys]");
+}
+
+TEST_CASE("a ring that can be made but not entered: the NOP probe finds it and epoll runs",
+          "[runtime][seccomp]") {
+    check_child("[child_fallback_enter]");
+}
+
+TEST_CASE("the automatic backend is io_uring where it works, epoll where it is blocked",
+          "[runtime]") {
+    tandem::runtime rt;
+    INFO("reason: " << rt.backend().reason);
+    CHECK(rt.backend().kind ==
+          (io_uring_blocked() ? tandem::io_backend::epoll : tandem::io_backend::io_uring));
+    CHECK_FALSE(rt.backend().reason.empty());
+}
+
+TEST_CASE("runtime_options can force the epoll backend, which runs I/O", "[runtime]") {
+    tandem::runtime rt(tandem::runtime_options{.backend = tandem::io_backend::epoll});
+    CHECK(rt.backend().kind == tandem::io_backend::epoll);
+    CHECK(std::string(rt.ring_features()) == "epoll");
+    CHECK(std::string(tandem::to_string(rt.backend().kind)) == "epoll");
+    CHECK(rt.block_on(some_io()));
 }
 
 TEST_CASE("ring_features names the setup flags in force", "[runtime]") {
+    if (io_uring_blocked()) return;  // no ring: the epoll cases above cover it
     tandem::runtime rt;
     std::string features = rt.ring_features();
     INFO("ring_features: " << features);
@@ -670,6 +747,21 @@ TEST_CASE("a ring of 8 entries cancels 5,000 pending pipe reads, each resuming e
     pipe_fds p;
     read_outcomes out;
     tandem::runtime rt(tandem::runtime_options{.ring_entries = 8});
+    CHECK(rt.block_on(reads_then_cancel(p.read_end(), 5'000, &out)) == 1);
+    CHECK(out.resumed == 5'000);
+    CHECK(out.cancelled == 5'000);
+    CHECK(out.completed == 0);
+}
+
+TEST_CASE(
+    "the epoll backend completes 10,000 NOPs and cancels 5,000 pending pipe reads, each "
+    "resuming exactly once",
+    "[runtime]") {
+    pipe_fds p;
+    read_outcomes out;
+    tandem::runtime rt(tandem::runtime_options{.backend = tandem::io_backend::epoll});
+    std::vector<int> results = rt.block_on(many_nops(10'000));
+    CHECK(std::count(results.begin(), results.end(), 0) == 10'000);
     CHECK(rt.block_on(reads_then_cancel(p.read_end(), 5'000, &out)) == 1);
     CHECK(out.resumed == 5'000);
     CHECK(out.cancelled == 5'000);

@@ -3,6 +3,8 @@
 
 // Helpers shared by the test binaries; tests/main.cpp is linked into each of them.
 
+#include <tandem/runtime.hpp>
+
 #include <dirent.h>
 #include <unistd.h>
 
@@ -14,6 +16,18 @@
 #include <vector>
 
 extern char** environ;
+
+/// True under ./test.sh --block-io-uring (tests/no_io_uring sets it): io_uring is blocked in
+/// this process, and a runtime forced onto it would throw.
+inline bool io_uring_blocked() {
+    return std::getenv("TANDEM_IO_URING_BLOCKED") != nullptr;
+}
+
+/// The backends a test can run on here: io_uring (unless blocked) and epoll.
+inline std::vector<tandem::io_backend> usable_backends() {
+    if (io_uring_blocked()) return {tandem::io_backend::epoll};
+    return {tandem::io_backend::io_uring, tandem::io_backend::epoll};
+}
 
 /// Reports the whole test binary as skipped and exits with meson's skip code (77).
 ///

@@ -13,15 +13,41 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <type_traits>
 
 namespace tandem {
 
+/// What the event loops wait with.
+enum class io_backend : unsigned char {
+    /// io_uring where this process can use it, else epoll (an option, never what runs).
+    automatic,
+    /// io_uring: one ring per io thread. If it cannot be set up, construction throws.
+    io_uring,
+    /// epoll readiness, for where io_uring is blocked (Docker's default seccomp profile) or
+    /// missing. Same API and semantics: sockets, timers, cancellation, offload completions;
+    /// file operations run on offload_to_thread's pool. Slower per operation than io_uring.
+    epoll,
+};
+
+/// "automatic", "io_uring" or "epoll".
+const char* to_string(io_backend b) noexcept;
+
 struct runtime_options {
     unsigned io_threads = 1;       ///< event loops, one thread and one io_uring each
-    unsigned ring_entries = 1024;  ///< submission queue size of each ring
+    unsigned ring_entries = 1024;  ///< submission queue size of each ring (io_uring)
     process_pool_options processes{};
     unsigned blocking_threads = 0;  ///< offload_to_thread's pool; 0: max(2, cores)
+    /// `automatic` probes io_uring at construction (a ring, a NOP under the live seccomp
+    /// policy, the opcodes and registrations tandem uses) and falls back to epoll, saying
+    /// why in one line on stderr (once per process), when io_uring is blocked or lacking.
+    io_backend backend = io_backend::automatic;
+};
+
+/// The backend a runtime runs (never `automatic`) and why it was chosen.
+struct backend_info {
+    io_backend kind = io_backend::io_uring;
+    std::string reason;  ///< e.g. "io_uring_setup failed with EPERM (...): ..."
 };
 
 namespace detail {
@@ -97,15 +123,20 @@ private:
 
 template <class T>
 root_task blocking_root(task<T> t, blocking_result<T>* out) {
-    try {
-        if constexpr (std::is_void_v<T>) {
-            co_await std::move(t);
-            out->set_value({});
-        } else {
-            out->set_value(co_await std::move(t));
+    {
+        // The task's frame, and the exception it may hold, go before the waiter
+        // wakes: nothing of the task is released while the waiter reads it.
+        task<T> inner = std::move(t);
+        try {
+            if constexpr (std::is_void_v<T>) {
+                co_await std::move(inner);
+                out->set_value({});
+            } else {
+                out->set_value(co_await std::move(inner));
+            }
+        } catch (...) {
+            out->set_error(std::current_exception());
         }
-    } catch (...) {
-        out->set_error(std::current_exception());
     }
     out->notify();  // the last touch of *out
 }
@@ -114,15 +145,16 @@ root_task blocking_root(task<T> t, blocking_result<T>* out) {
 
 /// Owns the io threads and their loops, and the process pool.
 ///
-/// - Construction first makes the process pool (unless
-///   `processes.enabled` is false): the shared arena, the zygote and the
-///   workers, before any thread starts, so that they inherit nothing of the
-///   io threads. Then it starts `io_threads` threads, each with its own
-///   io_uring (SINGLE_ISSUER | DEFER_TASKRUN | COOP_TASKRUN where the kernel
-///   has them). If io_uring cannot be set up it throws `std::system_error`
-///   naming the errno, the likely cause and the fix; a pool that cannot be
-///   made throws `std::system_error` (or `std::invalid_argument` for options
-///   that cannot work).
+/// - Construction first chooses the backend (`runtime_options::backend`),
+///   then makes the process pool (unless `processes.enabled` is false): the
+///   shared arena, the zygote and the workers, before any thread starts, so
+///   that they inherit nothing of the io threads. Then it starts `io_threads`
+///   threads, each with its own io_uring (SINGLE_ISSUER | DEFER_TASKRUN |
+///   COOP_TASKRUN where the kernel has them) or epoll instance. If io_uring
+///   was asked for and cannot be set up, it throws `std::system_error` naming
+///   the errno, the likely cause and the fix; a pool that cannot be made
+///   throws `std::system_error` (or `std::invalid_argument` for options that
+///   cannot work).
 /// - Destruction cancels every task still running, waits for each to finish
 ///   (and for every kernel completion they wait on), then joins the threads,
 ///   then kills and reaps the workers and the zygote. Tasks that ignore
@@ -156,8 +188,12 @@ public:
     /// The runtime whose io thread is calling, or null.
     static runtime* current() noexcept;
 
-    /// Which flags the rings were set up with, for diagnostics ("SINGLE_ISSUER|...").
+    /// Which flags the rings were set up with, for diagnostics ("SINGLE_ISSUER|...";
+    /// "epoll" on that backend).
     const char* ring_features() const noexcept;
+
+    /// The backend the io threads run and why (fixed for the runtime's life).
+    const backend_info& backend() const noexcept;
 
     /// The process pool behind offload_to_process (`enabled()` is false when
     /// the runtime was made with `processes.enabled = false`). Lives as long

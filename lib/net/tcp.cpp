@@ -35,21 +35,13 @@ constexpr std::size_t max_io = 0x7ffff000;
 
 namespace detail {
 
-// Submitting first matters: an operation still in the SQ would escape the
-// cancel and later run on a closed, perhaps reused, fd number.
 void cancel_all_on(int fd) noexcept {
     detail::loop* l = detail::this_thread_loop();
     if (l == nullptr) {
         ::shutdown(fd, SHUT_RDWR);  // off the loop: at least end what is pending
         return;
     }
-    io_uring_submit(l->ring());
-    io_uring_sync_cancel_reg reg{};
-    reg.fd = fd;
-    reg.flags = IORING_ASYNC_CANCEL_FD | IORING_ASYNC_CANCEL_ALL;
-    reg.timeout.tv_sec = -1;
-    reg.timeout.tv_nsec = -1;
-    if (io_uring_register_sync_cancel(l->ring(), &reg) < 0) ::shutdown(fd, SHUT_RDWR);
+    l->cancel_fd_now(fd);
 }
 
 }  // namespace detail
@@ -243,12 +235,7 @@ struct accept_state final : completion, posted_item, loop_bound {
             destroy();
             return;
         }
-        io_uring_submit(owner->ring());
-        io_uring_sync_cancel_reg reg{};
-        reg.addr = reinterpret_cast<std::uint64_t>(static_cast<completion*>(this));
-        reg.timeout.tv_sec = -1;
-        reg.timeout.tv_nsec = -1;
-        io_uring_register_sync_cancel(owner->ring(), &reg);
+        owner->cancel_op_now(this);
     }
 
     void loop_gone() noexcept override {
@@ -266,6 +253,12 @@ struct accept_state final : completion, posted_item, loop_bound {
             if (res >= 0) ::close(res);
             if (!more) st->destroy();
             return;
+        }
+        if (res >= 0) {
+            if (const int injected = fault_hit(fault_point::accept)) {
+                ::close(res);
+                res = -injected;
+            }
         }
         if (res >= 0) {
             if (!st->wake_first(res, 0)) st->ready.push_back(res);

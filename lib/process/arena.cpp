@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "arena.hpp"
 
+#include "../fault.hpp"
 #include "../fd_advice.hpp"
 
 #include <fcntl.h>
@@ -50,7 +51,12 @@ shared_arena shared_arena::create(std::size_t bytes, std::size_t populate_bytes)
     // OOM killer would answer instead of mmap, so refuse here.
     if (size > physical_memory()) fail(ENOMEM, "size exceeds physical memory", bytes);
 
-    const int fd = ::memfd_create("tandem-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    int fd = -1;
+    if (const int injected = fault_hit(fault_point::memfd)) {
+        errno = injected;
+    } else {
+        fd = ::memfd_create("tandem-arena", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+    }
     if (fd < 0) fail(errno, "memfd_create", bytes);
     auto close_and_fail = [&](const char* step) {
         const int err = errno;
@@ -62,7 +68,12 @@ shared_arena shared_arena::create(std::size_t bytes, std::size_t populate_bytes)
     // mapping (others would fault with SIGBUS) or grow it.
     if (::fcntl(fd, F_ADD_SEALS, F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) != 0)
         close_and_fail("fcntl(F_ADD_SEALS)");
-    void* base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    void* base = MAP_FAILED;
+    if (const int injected = fault_hit(fault_point::mmap)) {
+        errno = injected;
+    } else {
+        base = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    }
     if (base == MAP_FAILED) close_and_fail("mmap");
     shared_arena arena(static_cast<std::byte*>(base), size, fd);
     arena.populate(0, populate_bytes);

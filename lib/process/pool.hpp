@@ -112,7 +112,9 @@ private:
     void handle_replies();
     void request_spawn(std::uint32_t w);
     void spawn_failed(std::uint32_t w, const std::string& why);
-    void arm_watch(watch_op& op, int fd);
+    /// Watches `fd` for POLLIN on the manager's loop and sets `armed`. When no
+    /// SQE can be had, leaves `armed` false and asks for another manager turn.
+    void arm_watch(watch_op& op, int fd, bool& armed) noexcept;
     void write_header() noexcept;
     void reset_worker_area(std::uint32_t w) noexcept;
     void kick_manager() noexcept;

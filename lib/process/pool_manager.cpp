@@ -60,10 +60,17 @@ void process_pool_impl::on_respawn_timer(timer_node* t) noexcept {
     timer->pool->manager_work_.store(true, std::memory_order_relaxed);
 }
 
-void process_pool_impl::arm_watch(watch_op& op, int fd) {
-    io_uring_sqe* sqe = manager_.load(std::memory_order_relaxed)->get_sqe();
-    io_uring_prep_poll_add(sqe, fd, POLLIN);
-    io_uring_sqe_set_data(sqe, &op);
+void process_pool_impl::arm_watch(watch_op& op, int fd, bool& armed) noexcept {
+    try {
+        io_uring_sqe* sqe = manager_.load(std::memory_order_relaxed)->get_sqe();
+        io_uring_prep_poll_add(sqe, fd, POLLIN);
+        io_uring_sqe_set_data(sqe, &op);
+        armed = true;
+    } catch (const std::system_error&) {
+        // No SQE now (a broken ring, or a fault test): the next turn tries again.
+        armed = false;
+        manager_work_.store(true, std::memory_order_relaxed);
+    }
 }
 
 void process_pool_impl::manage() {
@@ -79,14 +86,10 @@ void process_pool_impl::manage() {
         if (!stopping_ && rec.respawn_due.exchange(false, std::memory_order_relaxed)) {
             request_spawn(w);
         }
-        if (rec.pidfd >= 0 && !rec.watch_armed) {
-            rec.watch_armed = true;
-            arm_watch(rec.watch, rec.pidfd);
-        }
+        if (rec.pidfd >= 0 && !rec.watch_armed) arm_watch(rec.watch, rec.pidfd, rec.watch_armed);
     }
     if (spawns_outstanding_ > 0 && !socket_watch_armed_) {
-        socket_watch_armed_ = true;
-        arm_watch(socket_watch_, zygote_->socket());
+        arm_watch(socket_watch_, zygote_->socket(), socket_watch_armed_);
     }
     pump();
 }
@@ -271,8 +274,7 @@ void process_pool_impl::handle_replies() {
             rec.st = worker_rec::state::alive;
             if (rec.replacement) ++stats_.replacements;
             rec.replacement = false;
-            rec.watch_armed = true;
-            arm_watch(rec.watch, rec.pidfd);
+            arm_watch(rec.watch, rec.pidfd, rec.watch_armed);
         } catch (const std::exception& e) {
             ++rec.failures;
             ++stats_.failed_starts;

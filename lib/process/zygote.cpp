@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "zygote.hpp"
 
+#include "../fault.hpp"
 #include "../fd_advice.hpp"
 
 #include <fcntl.h>
@@ -197,7 +198,12 @@ long spawn_worker(worker_table& table, zygote::worker_main_fn worker_main, void*
     void* robust_head = nullptr;
     std::size_t robust_len = 0;
     ::syscall(SYS_get_robust_list, 0, &robust_head, &robust_len);
-    long pid = ::syscall(SYS_clone3, &args, sizeof args);
+    long pid = -1;
+    if (const int injected = fault_hit(fault_point::fork)) {
+        errno = injected;
+    } else {
+        pid = ::syscall(SYS_clone3, &args, sizeof args);
+    }
     if (pid == 0 && robust_head != nullptr) ::syscall(SYS_set_robust_list, robust_head, robust_len);
     if (pid < 0 && errno == ENOSYS) {
         // Before Linux 5.3: a plain fork; the worker is the zygote's child
@@ -267,7 +273,12 @@ zygote::zygote(worker_main_fn worker_main, void* arg, std::span<const int> pass_
     // Output the parent buffered must not be written a second time by a copy in the zygote
     // (seen under TSan, whose exit path flushes stdio).
     std::fflush(nullptr);
-    const pid_t pid = ::fork();
+    pid_t pid = -1;
+    if (const int injected = fault_hit(fault_point::fork)) {
+        errno = injected;
+    } else {
+        pid = ::fork();
+    }
     if (pid == 0) {
         zygote_main(pipe_fds[0], socket_fds[1], pass_fds.data(), static_cast<int>(pass_fds.size()),
                     worker_main, arg);
