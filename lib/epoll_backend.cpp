@@ -156,6 +156,54 @@ int run_blocking(epoll_op& op) noexcept {
 
 }  // namespace
 
+// ---- op_index ----------------------------------------------------------------------------------
+
+void op_index::put(std::uint64_t key, epoll_op* op) {
+    if (2 * (used_ + 1) > slots_.size()) grow();
+    std::size_t i = home(key);
+    while (slots_[i].key != 0 && slots_[i].key != key) i = (i + 1) & mask();
+    if (slots_[i].key == 0) ++used_;
+    slots_[i] = {key, op};
+}
+
+epoll_op* op_index::find(std::uint64_t key) const noexcept {
+    if (slots_.empty()) return nullptr;
+    for (std::size_t i = home(key); slots_[i].key != 0; i = (i + 1) & mask()) {
+        if (slots_[i].key == key) return slots_[i].op;
+    }
+    return nullptr;
+}
+
+void op_index::erase(std::uint64_t key) noexcept {
+    if (slots_.empty()) return;
+    std::size_t hole = home(key);
+    while (slots_[hole].key != key) {
+        if (slots_[hole].key == 0) return;  // not there
+        hole = (hole + 1) & mask();
+    }
+    // Backward shift: pull later entries of the probe run into the hole
+    // unless that would move one before its home slot.
+    for (std::size_t j = (hole + 1) & mask(); slots_[j].key != 0; j = (j + 1) & mask()) {
+        const std::size_t h = home(slots_[j].key);
+        if (((j - h) & mask()) >= ((j - hole) & mask())) {
+            slots_[hole] = slots_[j];
+            hole = j;
+        }
+    }
+    slots_[hole] = {};
+    --used_;
+}
+
+void op_index::grow() {
+    std::vector<slot> old(slots_.empty() ? 64 : slots_.size() * 2);
+    old.swap(slots_);
+    shift_ = 64 - static_cast<unsigned>(__builtin_ctzll(slots_.size()));
+    used_ = 0;
+    for (const slot& s : old) {
+        if (s.key != 0) put(s.key, s.op);
+    }
+}
+
 // ---- setting up --------------------------------------------------------------------------------
 
 epoll_backend::epoll_backend(loop& owner, int wake_fd) : owner_(owner), wake_fd_(wake_fd) {
@@ -382,7 +430,7 @@ void epoll_backend::start_wait(epoll_op* op, std::uint32_t events) noexcept {
     fd_state* st;
     try {
         st = &state_of(op->sqe.fd);
-        pending_.insert_or_assign(op->sqe.user_data, op);
+        pending_.put(op->sqe.user_data, op);
     } catch (const std::bad_alloc&) {
         complete(op->sqe.user_data, -ENOMEM);
         release(op);
@@ -516,16 +564,15 @@ void epoll_backend::reap() noexcept {
 // ---- cancelling --------------------------------------------------------------------------------
 
 int epoll_backend::cancel(std::uint64_t target) noexcept {
-    auto it = pending_.find(target);
-    if (it == pending_.end()) return -ENOENT;
-    epoll_op* op = it->second;
+    epoll_op* op = pending_.find(target);
+    if (op == nullptr) return -ENOENT;
     if (op->on_thread) {
         if (op->pool == nullptr || !op->pool->cancel(op)) return -EALREADY;  // it runs to the end
     } else {
         unlink(op);
         if (op->saved_flags >= 0) ::fcntl(op->sqe.fd, F_SETFL, op->saved_flags);
     }
-    pending_.erase(it);
+    pending_.erase(target);
     complete(target, -ECANCELED);
     release(op);
     return 0;
@@ -542,7 +589,7 @@ void epoll_backend::cancel_fd(int fd) noexcept {
 void epoll_backend::to_thread(epoll_op* op) noexcept {
     op->on_thread = true;
     try {
-        pending_.insert_or_assign(op->sqe.user_data, op);
+        pending_.put(op->sqe.user_data, op);
     } catch (const std::bad_alloc&) {
         complete(op->sqe.user_data, -ENOMEM);
         release(op);

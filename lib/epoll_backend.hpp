@@ -27,9 +27,9 @@
 
 #include <liburing.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <unordered_map>
 #include <vector>
 
 namespace tandem::detail {
@@ -37,6 +37,32 @@ namespace tandem::detail {
 class loop;
 struct completion;
 struct epoll_op;
+
+/// user_data → the operation waiting under it. Open addressing with linear
+/// probing and backward-shift deletion: put, find and erase never allocate
+/// (the table only grows, doubling when half full), unlike a node per entry.
+class op_index {
+public:
+    /// Adds or replaces `key` (never 0). May throw std::bad_alloc when growing.
+    void put(std::uint64_t key, epoll_op* op);
+    epoll_op* find(std::uint64_t key) const noexcept;
+    void erase(std::uint64_t key) noexcept;
+
+private:
+    struct slot {
+        std::uint64_t key = 0;  // 0: empty
+        epoll_op* op = nullptr;
+    };
+    std::size_t home(std::uint64_t key) const noexcept {
+        return static_cast<std::size_t>((key * 0x9e3779b97f4a7c15ull) >> shift_);
+    }
+    std::size_t mask() const noexcept { return slots_.size() - 1; }
+    void grow();
+
+    std::vector<slot> slots_;
+    std::size_t used_ = 0;
+    unsigned shift_ = 64;  // 64 - log2(slots_.size())
+};
 
 class epoll_backend {
 public:
@@ -99,8 +125,8 @@ private:
     std::vector<done_entry> done_;
     std::vector<done_entry> delivering_;
     std::vector<fd_state> fds_;
-    std::unordered_map<std::uint64_t, epoll_op*> pending_;  // waiting or on a thread
-    std::vector<std::unique_ptr<epoll_op>> ops_;            // every op ever made
+    op_index pending_;                            // waiting or on a thread, by user_data
+    std::vector<std::unique_ptr<epoll_op>> ops_;  // every op ever made
     std::vector<epoll_op*> free_;
 };
 
