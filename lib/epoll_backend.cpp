@@ -27,7 +27,6 @@ namespace tandem::detail {
 /// ends in a zero-size array, which cannot sit inside another struct).
 struct sqe_fields {
     std::uint8_t opcode = 0;
-    std::uint8_t flags = 0;
     std::uint16_t ioprio = 0;
     std::int32_t fd = -1;
     std::uint64_t off = 0;  // also addr2 (accept's addrlen pointer)
@@ -38,7 +37,6 @@ struct sqe_fields {
 
     explicit sqe_fields(const io_uring_sqe& s) noexcept
         : opcode(s.opcode),
-          flags(s.flags),
           ioprio(s.ioprio),
           fd(s.fd),
           off(s.off),

@@ -437,13 +437,6 @@ TEST_CASE(
 
 namespace {
 
-std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
-    std::vector<std::byte> v(n);
-    std::uint32_t x = seed * 2654435761u + 1;
-    for (auto& b : v) b = static_cast<std::byte>((x = x * 1664525u + 1013904223u) >> 24);
-    return v;
-}
-
 tandem::task<> echo_connection(tandem::tcp_stream s) {
     try {
         std::vector<std::byte> buf(16 * 1024);

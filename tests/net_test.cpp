@@ -63,13 +63,6 @@ void raise_fd_limit() {
     REQUIRE((limit.rlim_cur == RLIM_INFINITY || limit.rlim_cur >= 4200));
 }
 
-std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
-    std::vector<std::byte> v(n);
-    std::uint32_t x = seed * 2654435761u + 1;
-    for (auto& b : v) b = static_cast<std::byte>((x = x * 1664525u + 1013904223u) >> 24);
-    return v;
-}
-
 /// Echoes until the client shuts down its side, then closes.
 tandem::task<> echo_connection(tandem::tcp_stream s) {
     std::vector<std::byte> buf(16 * 1024);

@@ -179,16 +179,6 @@ namespace {
 
 // ---- process and fd bookkeeping --------------------------------------------------------------
 
-/// True once the process `pid` (not necessarily our child) is gone, waiting up to `limit`.
-bool gone_within(pid_t pid, std::chrono::milliseconds limit) {
-    const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0U));
-    if (fd < 0) return errno == ESRCH;
-    pollfd p{fd, POLLIN, 0};
-    const int ready = ::poll(&p, 1, static_cast<int>(limit.count()));
-    ::close(fd);
-    return ready == 1;
-}
-
 // ---- tasks ----------------------------------------------------------------------------------
 
 template <class T>
@@ -493,7 +483,7 @@ TEST_CASE("a runaway job under timeout gets timed_out and its worker is killed a
     REQUIRE(err);
     CHECK_THAT(*err, Catch::Contains("timed_out"));
     CHECK(waited < 5s);  // not the job's (infinite) length
-    CHECK(gone_within(before, 2000ms));
+    CHECK(exited_within(before, 2000ms));
     const int after = rt.block_on(tandem::offload_to_process(worker_pid));
     CHECK(after != before);
     const auto s = rt.processes().stats();
@@ -867,7 +857,7 @@ TEST_CASE("when the parent is SIGKILLed, the zygote and every worker exit within
     REQUIRE(::waitpid(pid, &status, 0) == pid);
     for (pid_t q : pool_pids) {
         CAPTURE(q);
-        CHECK(gone_within(q, 1000ms));
+        CHECK(exited_within(q, 1000ms));
     }
 }
 

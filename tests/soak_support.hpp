@@ -199,17 +199,6 @@ inline std::uint64_t status_kib(const std::string& field) {
     return 0;
 }
 
-/// True if `pid` has exited (or never existed) within `limit`. Not necessarily our child: a
-/// worker is the zygote's. An exited but unreaped process counts as gone (it runs nothing).
-inline bool exited_within(pid_t pid, std::chrono::milliseconds limit) {
-    const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0U));
-    if (fd < 0) return errno == ESRCH;
-    pollfd p{fd, POLLIN, 0};
-    const int ready = ::poll(&p, 1, static_cast<int>(limit.count()));
-    ::close(fd);
-    return ready == 1;
-}
-
 /// True when this process has no child at all, exited or not: waitpid says ECHILD.
 inline bool no_children_at_all() {
     siginfo_t info{};

@@ -718,10 +718,10 @@ void audit_counters(soak_state& st, const run_result& r) {
 void audit_processes(soak_state& st, const run_result& r) {
     std::vector<pid_t> alive;
     for (int pid : st.worker_pids) {
-        if (!soak_support::exited_within(pid, 2000ms)) alive.push_back(pid);
+        if (!exited_within(pid, 2000ms)) alive.push_back(pid);
     }
     for (pid_t pid : r.pool_processes) {
-        if (!soak_support::exited_within(pid, 2000ms)) alive.push_back(pid);
+        if (!exited_within(pid, 2000ms)) alive.push_back(pid);
     }
     std::string names;
     for (pid_t pid : alive) names += std::to_string(pid) + " ";

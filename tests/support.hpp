@@ -6,8 +6,14 @@
 #include <tandem/runtime.hpp>
 
 #include <dirent.h>
+#include <poll.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
+#include <cerrno>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -81,6 +87,25 @@ inline pid_t start_self(const char* tag, const char* env_marker, int stdin_fd = 
         ::_exit(127);
     }
     return pid;
+}
+
+/// True if `pid` has exited (or never existed) within `limit`. Not necessarily our child: a
+/// worker is the zygote's. An exited but unreaped process counts as gone (it runs nothing).
+inline bool exited_within(pid_t pid, std::chrono::milliseconds limit) {
+    const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0U));
+    if (fd < 0) return errno == ESRCH;
+    pollfd p{fd, POLLIN, 0};
+    const int ready = ::poll(&p, 1, static_cast<int>(limit.count()));
+    ::close(fd);
+    return ready == 1;
+}
+
+/// `n` seeded pseudo-random bytes (the same for the same seed): what echo tests send.
+inline std::vector<std::byte> pattern(std::size_t n, unsigned seed) {
+    std::vector<std::byte> v(n);
+    std::uint32_t x = seed * 2654435761u + 1;
+    for (auto& b : v) b = static_cast<std::byte>((x = x * 1664525u + 1013904223u) >> 24);
+    return v;
 }
 
 /// The children of this process, from every thread's /proc children list.
